@@ -1,0 +1,112 @@
+//! Errors returned by the memory manager.
+//!
+//! Linux reports misuse with `BUG:` and `WARNING:` lines and carries on; kmm
+//! prints the same lines through [`crate::Platform::printk`] and also returns
+//! one of these values, leaving its own state intact.
+
+use crate::gfp::GfpFlags;
+use core::fmt;
+
+/// Why a call into the memory manager did not do what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmmError {
+    /// The allocation could not be satisfied (Linux returns NULL).
+    NoMemory {
+        /// Requested order.
+        order: u32,
+        /// The mask the caller passed.
+        gfp: GfpFlags,
+    },
+    /// The GFP mask is a combination Linux treats as a bug.
+    InvalidGfp {
+        /// The mask.
+        gfp: GfpFlags,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `order >= MAX_ORDER`.
+    OrderTooLarge {
+        /// Requested order.
+        order: u32,
+    },
+    /// A sleeping allocation was made in atomic context
+    /// ("BUG: sleeping function called from invalid context").
+    SleepInAtomic {
+        /// `preempt_count()` at the time of the call.
+        preempt_count: u32,
+        /// `irqs_disabled()` at the time of the call.
+        irqs_disabled: bool,
+    },
+    /// A page was freed or put in a state it cannot be in ("BUG: Bad page state").
+    BadPageState {
+        /// The page frame.
+        pfn: u64,
+        /// Linux's "page dumped because" reason.
+        reason: &'static str,
+    },
+    /// A frame number, physical or virtual address is outside the memory map.
+    InvalidAddress {
+        /// The address or frame number as given.
+        addr: u64,
+        /// Which kind of address it was.
+        what: &'static str,
+    },
+    /// A node id at or above `nr_node_ids`.
+    InvalidNode {
+        /// The node id.
+        nid: usize,
+    },
+    /// A boot-time (memblock) request that cannot be met.
+    Memblock {
+        /// What went wrong.
+        why: &'static str,
+        /// Size of the request in bytes.
+        size: u64,
+    },
+    /// A machine description the memory manager cannot boot.
+    BadMachine {
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A fixed-size table (memblock regions, CPUs, nodes) is full.
+    TableFull {
+        /// Which table.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for KmmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KmmError::NoMemory { order, gfp } => {
+                write!(f, "page allocation failure: order:{order}, mode:{gfp:?}")
+            }
+            KmmError::InvalidGfp { gfp, why } => write!(f, "invalid gfp mask {gfp:?}: {why}"),
+            KmmError::OrderTooLarge { order } => {
+                write!(f, "order {order} is not below MAX_ORDER ({})", crate::MAX_ORDER)
+            }
+            KmmError::SleepInAtomic {
+                preempt_count,
+                irqs_disabled,
+            } => write!(
+                f,
+                "sleeping function called from invalid context (preempt_count: {preempt_count:#x}, irqs_disabled(): {})",
+                irqs_disabled as u8
+            ),
+            KmmError::BadPageState { pfn, reason } => {
+                write!(f, "Bad page state pfn:{pfn:05x}: {reason}")
+            }
+            KmmError::InvalidAddress { addr, what } => write!(f, "invalid {what} {addr:#x}"),
+            KmmError::InvalidNode { nid } => write!(f, "node {nid} does not exist"),
+            KmmError::Memblock { why, size } => write!(f, "memblock: {why} (size {size:#x})"),
+            KmmError::BadMachine { why } => write!(f, "cannot boot this machine: {why}"),
+            KmmError::TableFull { what } => write!(f, "{what} table is full"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "std")]
+impl std::error::Error for KmmError {}

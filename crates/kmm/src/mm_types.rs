@@ -1,0 +1,278 @@
+//! `struct page`: `include/linux/mm_types.h` and `include/linux/page-flags.h`.
+//!
+//! One [`Page`] describes each physical page frame. The array of them, `mem_map`,
+//! is allocated from memblock inside simulated RAM at boot, exactly as Linux
+//! does, so its cost is visible in `/proc/meminfo` and in the boot log.
+//!
+//! The descriptor is 40 bytes, the size LKD uses for its overhead arithmetic:
+//! list links are 32-bit frame numbers rather than pointers, and the zone and
+//! node live in the top bits of `flags`, as in Linux.
+
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// "No page" in a frame-number link (Linux: a NULL `list_head` pointer).
+pub(crate) const NIL: u32 = u32::MAX;
+
+bitflags::bitflags! {
+    /// Page flags (`enum pageflags`), the low bits of `page->flags`.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub struct PageFlags: u64 {
+        /// `PG_locked`: the page is locked for I/O.
+        const LOCKED = 1 << 0;
+        /// `PG_referenced`: recently referenced (reclaim's second chance).
+        const REFERENCED = 1 << 1;
+        /// `PG_uptodate`: the contents are valid.
+        const UPTODATE = 1 << 2;
+        /// `PG_dirty`: modified, must be written back.
+        const DIRTY = 1 << 3;
+        /// `PG_lru`: on an LRU list.
+        const LRU = 1 << 4;
+        /// `PG_active`: on the active LRU list.
+        const ACTIVE = 1 << 5;
+        /// `PG_slab`: owned by the slab allocator.
+        const SLAB = 1 << 9;
+        /// `PG_reserved`: never handed to the page allocator (holes, kernel image, mem_map).
+        const RESERVED = 1 << 12;
+        /// `PG_private`: `private` holds file-system data.
+        const PRIVATE = 1 << 13;
+        /// `PG_writeback`: being written back.
+        const WRITEBACK = 1 << 15;
+        /// `PG_head`: first page of a compound page.
+        const HEAD = 1 << 16;
+        /// `PG_swapbacked`: anonymous memory backed by swap.
+        const SWAPBACKED = 1 << 19;
+        /// `PG_unevictable`.
+        const UNEVICTABLE = 1 << 20;
+        /// `PG_mlocked`.
+        const MLOCKED = 1 << 21;
+        /// `PageBuddy` (Linux keeps it in the page type): free, heading a buddy
+        /// block whose order is in `private`.
+        const BUDDY = 1 << 22;
+        /// `PageTail`: a tail page of a compound page; `private` holds the head's pfn.
+        const TAIL = 1 << 23;
+    }
+}
+
+/// Flags that must be clear when a page is freed (`PAGE_FLAGS_CHECK_AT_FREE`).
+pub(crate) const FLAGS_CHECK_AT_FREE: PageFlags = PageFlags::LOCKED
+    .union(PageFlags::LRU)
+    .union(PageFlags::ACTIVE)
+    .union(PageFlags::SLAB)
+    .union(PageFlags::RESERVED)
+    .union(PageFlags::PRIVATE)
+    .union(PageFlags::WRITEBACK)
+    .union(PageFlags::MLOCKED)
+    .union(PageFlags::BUDDY)
+    .union(PageFlags::TAIL);
+
+const PAGEFLAGS_MASK: u64 = (1 << 32) - 1;
+/// kmm keeps the order an allocation was made with (plus one) in bits 40–43,
+/// so a free with the wrong order is caught instead of corrupting the buddy lists.
+const ALLOC_ORDER_SHIFT: u32 = 40;
+const ALLOC_ORDER_MASK: u64 = 0xf << ALLOC_ORDER_SHIFT;
+/// `ZONES_PGSHIFT`: zone index in bits 56–57.
+const ZONE_SHIFT: u32 = 56;
+/// `NODES_PGSHIFT`: node id in bits 58–60.
+const NODE_SHIFT: u32 = 58;
+
+/// `struct page`: the descriptor of one physical page frame.
+#[repr(C)]
+pub struct Page {
+    /// `flags`: [`PageFlags`] in the low bits, zone and node in the top bits.
+    pub(crate) flags: AtomicU64,
+    /// `_refcount`: users of the page; 0 means free.
+    pub(crate) refcount: AtomicI32,
+    /// `_mapcount`: page-table entries mapping the page, minus one.
+    pub(crate) mapcount: AtomicI32,
+    /// `mapping`: the owning `address_space` (or anon_vma / slab cache).
+    pub(crate) mapping: AtomicU64,
+    /// `private`: buddy order when free; head pfn for tail pages; owner data otherwise.
+    pub(crate) private: AtomicU32,
+    /// `index`: offset within `mapping`, in pages.
+    pub(crate) index: AtomicU32,
+    /// `lru.next`, as a page frame number.
+    pub(crate) next: AtomicU32,
+    /// `lru.prev`, as a page frame number.
+    pub(crate) prev: AtomicU32,
+}
+
+// SAFETY: `Page` is made only of integer atomics; every bit pattern is valid.
+unsafe impl crate::ram::RamSafe for Page {}
+
+/// Size of one page descriptor in bytes (`sizeof(struct page)`).
+pub const STRUCT_PAGE_SIZE: usize = core::mem::size_of::<Page>();
+const _: () = assert!(STRUCT_PAGE_SIZE == 40);
+
+impl Page {
+    /// `page->flags & ~(zone|node bits)`: the page's state flags.
+    #[inline]
+    pub fn flags(&self) -> PageFlags {
+        PageFlags::from_bits_retain(self.flags.load(Relaxed) & PAGEFLAGS_MASK)
+    }
+
+    /// The raw `page->flags` word, zone and node bits included.
+    pub fn raw_flags(&self) -> u64 {
+        self.flags.load(Relaxed)
+    }
+
+    /// `page_ref_count()`.
+    #[inline]
+    pub fn page_count(&self) -> i32 {
+        self.refcount.load(Relaxed)
+    }
+
+    /// `page_mapcount()`: how many page tables map the page.
+    pub fn page_mapcount(&self) -> i32 {
+        self.mapcount.load(Relaxed) + 1
+    }
+
+    /// `page_private()`.
+    pub fn private(&self) -> u32 {
+        self.private.load(Relaxed)
+    }
+
+    /// `page->index`.
+    pub fn index(&self) -> u32 {
+        self.index.load(Relaxed)
+    }
+
+    /// `page->mapping`.
+    pub fn mapping(&self) -> u64 {
+        self.mapping.load(Relaxed)
+    }
+
+    /// `page_zonenum()`: index of the zone within its node.
+    #[inline]
+    pub fn zone_idx(&self) -> usize {
+        ((self.flags.load(Relaxed) >> ZONE_SHIFT) & 3) as usize
+    }
+
+    /// `page_to_nid()`.
+    #[inline]
+    pub fn nid(&self) -> usize {
+        ((self.flags.load(Relaxed) >> NODE_SHIFT) & 7) as usize
+    }
+
+    /// `PageReserved()`.
+    pub fn is_reserved(&self) -> bool {
+        self.flags().contains(PageFlags::RESERVED)
+    }
+
+    /// `PageBuddy()`: free in the buddy allocator (head of a free block).
+    pub fn is_buddy(&self) -> bool {
+        self.flags().contains(PageFlags::BUDDY)
+    }
+
+    /// `PageSlab()`.
+    pub fn is_slab(&self) -> bool {
+        self.flags().contains(PageFlags::SLAB)
+    }
+
+    /// `PageHead()`.
+    pub fn is_head(&self) -> bool {
+        self.flags().contains(PageFlags::HEAD)
+    }
+
+    /// `PageTail()`.
+    pub fn is_tail(&self) -> bool {
+        self.flags().contains(PageFlags::TAIL)
+    }
+
+    /// `SetPageXxx()`: sets state flags.
+    pub fn set_flags(&self, f: PageFlags) {
+        self.flags.fetch_or(f.bits(), Relaxed);
+    }
+
+    /// `ClearPageXxx()`: clears state flags.
+    pub fn clear_flags(&self, f: PageFlags) {
+        self.flags.fetch_and(!f.bits(), Relaxed);
+    }
+
+    /// `set_page_private()`.
+    pub fn set_private(&self, v: u32) {
+        self.private.store(v, Relaxed)
+    }
+
+    /// Sets `page->mapping`.
+    pub fn set_mapping(&self, v: u64) {
+        self.mapping.store(v, Relaxed)
+    }
+
+    /// Sets `page->index`.
+    pub fn set_index(&self, v: u32) {
+        self.index.store(v, Relaxed)
+    }
+
+    /// Order this page was allocated with, if it heads a live allocation.
+    pub fn alloc_order(&self) -> Option<u32> {
+        let v = (self.flags.load(Relaxed) & ALLOC_ORDER_MASK) >> ALLOC_ORDER_SHIFT;
+        (v != 0).then(|| v as u32 - 1)
+    }
+
+    pub(crate) fn set_alloc_order(&self, order: Option<u32>) {
+        let bits = order.map_or(0, |o| (o as u64 + 1) << ALLOC_ORDER_SHIFT);
+        let f = self.flags.load(Relaxed);
+        self.flags.store((f & !ALLOC_ORDER_MASK) | bits, Relaxed);
+    }
+
+    /// Plain (non-atomic read-modify-write) flag update for pages the caller owns
+    /// exclusively, e.g. under the zone lock.
+    #[inline]
+    pub(crate) fn set_state(&self, set: PageFlags, clear: PageFlags) {
+        let f = self.flags.load(Relaxed);
+        self.flags.store((f & !clear.bits()) | set.bits(), Relaxed);
+    }
+
+    /// `set_page_links()` + `init_single_page()` + `SetPageReserved()`.
+    pub(crate) fn init_reserved(&self, nid: usize, zone_idx: usize) {
+        self.flags.store(
+            PageFlags::RESERVED.bits()
+                | ((zone_idx as u64) << ZONE_SHIFT)
+                | ((nid as u64) << NODE_SHIFT),
+            Relaxed,
+        );
+        self.refcount.store(1, Relaxed);
+        self.mapcount.store(-1, Relaxed);
+        self.next.store(NIL, Relaxed);
+        self.prev.store(NIL, Relaxed);
+    }
+}
+
+/// Formats `flags` as Linux's `%pGp`: `0x1000(reserved|node=0|zone=1)`.
+pub struct DisplayPageFlags(pub u64);
+
+impl core::fmt::Display for DisplayPageFlags {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const NAMES: [(PageFlags, &str); 16] = [
+            (PageFlags::LOCKED, "locked"),
+            (PageFlags::REFERENCED, "referenced"),
+            (PageFlags::UPTODATE, "uptodate"),
+            (PageFlags::DIRTY, "dirty"),
+            (PageFlags::LRU, "lru"),
+            (PageFlags::ACTIVE, "active"),
+            (PageFlags::SLAB, "slab"),
+            (PageFlags::RESERVED, "reserved"),
+            (PageFlags::PRIVATE, "private"),
+            (PageFlags::WRITEBACK, "writeback"),
+            (PageFlags::HEAD, "head"),
+            (PageFlags::SWAPBACKED, "swapbacked"),
+            (PageFlags::UNEVICTABLE, "unevictable"),
+            (PageFlags::MLOCKED, "mlocked"),
+            (PageFlags::BUDDY, "buddy"),
+            (PageFlags::TAIL, "tail"),
+        ];
+        let fl = PageFlags::from_bits_retain(self.0 & PAGEFLAGS_MASK);
+        write!(f, "{:#x}(", self.0)?;
+        for (bit, name) in NAMES {
+            if fl.contains(bit) {
+                write!(f, "{name}|")?;
+            }
+        }
+        write!(
+            f,
+            "node={}|zone={})",
+            (self.0 >> NODE_SHIFT) & 7,
+            (self.0 >> ZONE_SHIFT) & 3
+        )
+    }
+}

@@ -1,0 +1,776 @@
+//! The zoned buddy page allocator: `mm/page_alloc.c`.
+//!
+//! An allocation walks the zonelist of its preferred node, skipping zones above
+//! the highest zone its GFP mask allows, and takes a page from the first zone
+//! whose free pages stay above the low watermark plus that zone's
+//! `lowmem_reserve`. Order-0 requests are served from the CPU's per-CPU list
+//! (hot pages at the head), refilled `batch` pages at a time from the buddy
+//! lists; larger orders split the smallest free block that fits. When the fast
+//! path fails the slow path wakes kswapd, retries at the min watermark (atomic
+//! and `__GFP_HIGH` requests may dip below it), and, if the caller may sleep,
+//! reclaims directly and retries as `__GFP_NORETRY`, `__GFP_REPEAT` and
+//! `__GFP_NOFAIL` say.
+//!
+//! Freeing checks the page first ("BUG: Bad page state") and merges a block
+//! with its buddy (`pfn ^ (1 << order)`) for as long as the buddy is free at
+//! the same order.
+
+use crate::error::KmmError;
+use crate::gfp::GfpFlags;
+use crate::mm::Kmm;
+use crate::mm_types::{DisplayPageFlags, Page, PageFlags, FLAGS_CHECK_AT_FREE};
+use crate::mmzone::{FreeAreas, Zone};
+use crate::platform::Platform;
+use crate::MAX_ORDER;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// `PAGE_ALLOC_COSTLY_ORDER`: above this order reclaim is not worth retrying
+/// unless the caller insists (`__GFP_REPEAT`).
+pub const PAGE_ALLOC_COSTLY_ORDER: u32 = 3;
+/// `MAX_RECLAIM_RETRIES`: reclaim rounds without progress before giving up.
+pub const MAX_RECLAIM_RETRIES: u32 = 16;
+
+// alloc_flags (mm/internal.h).
+const ALLOC_WMARK_MIN: u32 = 0;
+const ALLOC_WMARK_LOW: u32 = 1;
+const ALLOC_WMARK_MASK: u32 = 3;
+const ALLOC_NO_WATERMARKS: u32 = 4;
+/// Atomic (non-sleeping) request: may use a further quarter of the reserve.
+const ALLOC_HARDER: u32 = 0x10;
+/// `__GFP_HIGH`: may use half of the reserve.
+const ALLOC_HIGH: u32 = 0x20;
+
+/// `struct alloc_context`.
+#[derive(Clone, Copy)]
+struct AllocContext {
+    gfp: GfpFlags,
+    order: u32,
+    preferred_nid: usize,
+    highest_zoneidx: usize,
+}
+
+impl<P: Platform> Kmm<P> {
+    // ---------------------------------------------------------------- alloc
+
+    /// `alloc_pages_node()`: `2^order` contiguous pages, preferring node `nid`.
+    pub fn alloc_pages_node(
+        &self,
+        nid: usize,
+        gfp: GfpFlags,
+        order: u32,
+    ) -> Result<&Page, KmmError> {
+        if order >= MAX_ORDER as u32 {
+            if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+                self.warn_order(order);
+            }
+            return Err(KmmError::OrderTooLarge { order });
+        }
+        let zt = gfp.validate()?;
+        if nid >= self.nr_node_ids {
+            return Err(KmmError::InvalidNode { nid });
+        }
+        if gfp.allows_blocking() {
+            self.might_sleep()?;
+        }
+        let ac = AllocContext {
+            gfp,
+            order,
+            preferred_nid: nid,
+            highest_zoneidx: self.arch.zone_index(zt),
+        };
+        let pfn = match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
+            Some(pfn) => pfn,
+            None => self.alloc_pages_slowpath(&ac)?,
+        };
+        Ok(self.prep_new_page(pfn, order, gfp))
+    }
+
+    /// `alloc_pages()`: `2^order` pages from the current CPU's node.
+    #[inline]
+    pub fn alloc_pages(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
+        self.alloc_pages_node(self.numa_node_id(), gfp, order)
+    }
+
+    /// `alloc_page()`: one page.
+    #[inline]
+    pub fn alloc_page(&self, gfp: GfpFlags) -> Result<&Page, KmmError> {
+        self.alloc_pages(gfp, 0)
+    }
+
+    /// `__get_free_pages()`: like `alloc_pages` but returns the kernel virtual
+    /// address. High memory has no such address, so `__GFP_HIGHMEM` is refused.
+    pub fn __get_free_pages(&self, gfp: GfpFlags, order: u32) -> Result<u64, KmmError> {
+        if gfp.contains(GfpFlags::__GFP_HIGHMEM) {
+            return Err(KmmError::InvalidGfp {
+                gfp,
+                why: "__get_free_pages() cannot return high memory (use alloc_pages)",
+            });
+        }
+        let page = self.alloc_pages(gfp, order)?;
+        match self.page_address(page) {
+            Some(addr) => Ok(addr),
+            None => {
+                // Cannot happen: the mask excluded ZONE_HIGHMEM.
+                let _ = self.__free_pages(page, order);
+                Err(KmmError::NoMemory { order, gfp })
+            }
+        }
+    }
+
+    /// `__get_free_page()`: one page, as an address.
+    pub fn __get_free_page(&self, gfp: GfpFlags) -> Result<u64, KmmError> {
+        self.__get_free_pages(gfp, 0)
+    }
+
+    /// `get_zeroed_page()`: one zero-filled page, as an address.
+    pub fn get_zeroed_page(&self, gfp: GfpFlags) -> Result<u64, KmmError> {
+        self.__get_free_pages(gfp | GfpFlags::__GFP_ZERO, 0)
+    }
+
+    /// `might_sleep()`: a sleeping allocation in atomic context is a bug.
+    fn might_sleep(&self) -> Result<(), KmmError> {
+        let pc = self.platform.preempt_count();
+        let irqs = self.platform.irqs_disabled();
+        if pc == 0 && !irqs {
+            return Ok(());
+        }
+        self.events.sleep_in_atomic.fetch_add(1, Relaxed);
+        let p = &self.platform;
+        p.printk(format_args!(
+            "BUG: sleeping function called from invalid context at mm/page_alloc.rs:{}",
+            line!()
+        ));
+        self.with_current(&mut |pid, comm| {
+            p.printk(format_args!(
+                "in_atomic(): {}, irqs_disabled(): {}, non_block: 0, pid: {pid}, name: {comm}",
+                (pc != 0) as u8,
+                irqs as u8
+            ))
+        });
+        p.printk(format_args!("preempt_count: {pc:x}, expected: 0"));
+        Err(KmmError::SleepInAtomic {
+            preempt_count: pc,
+            irqs_disabled: irqs,
+        })
+    }
+
+    fn warn_order(&self, order: u32) {
+        self.platform.printk(format_args!(
+            "WARNING: CPU: {} PID: 0 at mm/page_alloc.rs:{} __alloc_pages: order {order} >= MAX_ORDER {}",
+            self.platform.smp_processor_id(),
+            line!(),
+            MAX_ORDER
+        ));
+    }
+
+    /// `__zone_watermark_ok()`: the base check against free pages; whether a
+    /// block of the order exists is settled under the zone lock by `rmqueue`.
+    #[inline]
+    fn zone_watermark_ok(
+        &self,
+        zone: &Zone,
+        order: u32,
+        mark: u64,
+        highest: usize,
+        alloc_flags: u32,
+    ) -> bool {
+        let free = zone.nr_free_pages.load(Relaxed) as i64 - ((1i64 << order) - 1);
+        let mut min = mark as i64;
+        if alloc_flags & ALLOC_HIGH != 0 {
+            min -= min / 2;
+        }
+        if alloc_flags & ALLOC_HARDER != 0 {
+            min -= min / 4;
+        }
+        free > min + zone.lowmem_reserve[highest].load(Relaxed) as i64
+    }
+
+    /// `get_page_from_freelist()`: the zonelist walk.
+    #[inline]
+    fn get_page_from_freelist(&self, ac: &AllocContext, alloc_flags: u32) -> Option<u32> {
+        let zl = &self.zonelists[ac.preferred_nid];
+        for &(nid, zidx) in zl.entries() {
+            let zidx = zidx as usize;
+            if zidx > ac.highest_zoneidx {
+                continue;
+            }
+            let zone = &self.nodes[nid as usize].zones[zidx];
+            if alloc_flags & ALLOC_NO_WATERMARKS == 0 {
+                let mark = zone.watermark[(alloc_flags & ALLOC_WMARK_MASK) as usize].load(Relaxed);
+                if !self.zone_watermark_ok(zone, ac.order, mark, ac.highest_zoneidx, alloc_flags) {
+                    continue;
+                }
+            }
+            let local = nid as usize == ac.preferred_nid;
+            if let Some(pfn) = self.rmqueue(zone, ac.order, ac.gfp, local) {
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// `rmqueue()`: order 0 from the per-CPU list, larger orders from the buddy lists.
+    #[inline]
+    fn rmqueue(&self, zone: &Zone, order: u32, gfp: GfpFlags, local: bool) -> Option<u32> {
+        let map = self.mem_map();
+        if order == 0 {
+            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
+                let _g = pcp.lock.lock();
+                let mut list = pcp.list();
+                let mut count = pcp.count.load(Relaxed);
+                if count == 0 {
+                    count = self.rmqueue_bulk(zone, pcp.batch.load(Relaxed), &mut list);
+                    if count == 0 {
+                        return None;
+                    }
+                }
+                let pfn = if gfp.contains(GfpFlags::__GFP_COLD) {
+                    list.pop_back(map)
+                } else {
+                    list.pop_front(map)
+                }?;
+                pcp.set_list(list);
+                pcp.count.store(count - 1, Relaxed);
+                pcp.pgalloc.store(pcp.pgalloc.load(Relaxed) + 1, Relaxed);
+                let c = if local { &pcp.numa_hit } else { &pcp.numa_miss };
+                c.store(c.load(Relaxed) + 1, Relaxed);
+                return Some(pfn);
+            }
+        }
+        let mut fa = zone.free.lock();
+        let pfn = self.rmqueue_smallest(&mut fa, order)?;
+        fa.pgalloc += 1 << order;
+        if local {
+            fa.numa_hit += 1;
+        } else {
+            fa.numa_miss += 1;
+        }
+        zone.nr_free_pages.fetch_sub(1 << order, Relaxed);
+        Some(pfn)
+    }
+
+    /// `rmqueue_bulk()`: moves up to `batch` order-0 pages to a per-CPU list.
+    /// Returns how many it moved.
+    fn rmqueue_bulk(&self, zone: &Zone, batch: u32, list: &mut crate::list::ListHead) -> u32 {
+        let map = self.mem_map();
+        let mut fa = zone.free.lock();
+        let mut n = 0;
+        while n < batch {
+            match self.rmqueue_smallest(&mut fa, 0) {
+                Some(pfn) => list.push_back(map, pfn),
+                None => break,
+            }
+            n += 1;
+        }
+        zone.nr_free_pages.fetch_sub(n as u64, Relaxed);
+        n
+    }
+
+    /// `__rmqueue_smallest()` + `expand()`: takes the smallest free block of at
+    /// least `order`, returning the unused halves to the lower free lists.
+    #[inline]
+    fn rmqueue_smallest(&self, fa: &mut FreeAreas, order: u32) -> Option<u32> {
+        let map = self.mem_map();
+        for cur in order as usize..MAX_ORDER {
+            let Some(pfn) = fa.lists[cur].pop_front(map) else {
+                continue;
+            };
+            fa.nr_free[cur] -= 1;
+            map[pfn as usize].set_state(PageFlags::empty(), PageFlags::BUDDY);
+            let mut high = cur;
+            while high > order as usize {
+                high -= 1;
+                let half = pfn + (1 << high);
+                let hp = &map[half as usize];
+                hp.set_state(PageFlags::BUDDY, PageFlags::empty());
+                hp.private.store(high as u32, Relaxed);
+                fa.lists[high].push_front(map, half);
+                fa.nr_free[high] += 1;
+            }
+            return Some(pfn);
+        }
+        None
+    }
+
+    /// `prep_new_page()`: reference count 1, zeroing, compound setup.
+    #[inline]
+    fn prep_new_page(&self, pfn: u32, order: u32, gfp: GfpFlags) -> &Page {
+        let map = self.mem_map();
+        let page = &map[pfn as usize];
+        page.refcount.store(1, Relaxed);
+        page.set_alloc_order(Some(order));
+        if gfp.contains(GfpFlags::__GFP_ZERO) {
+            let bytes = (self.page_size() << order) as usize;
+            // The range is RAM below max_pfn, so this cannot fail.
+            let _ = self.mem.fill(self.pfn_phys(pfn as u64), bytes, 0);
+        }
+        if gfp.contains(GfpFlags::__GFP_COMP) && order > 0 {
+            page.set_state(PageFlags::HEAD, PageFlags::empty());
+            for t in pfn + 1..pfn + (1 << order) {
+                let tp = &map[t as usize];
+                tp.set_state(PageFlags::TAIL, PageFlags::empty());
+                tp.private.store(pfn, Relaxed);
+            }
+        }
+        page
+    }
+
+    // ------------------------------------------------------------ slow path
+
+    fn alloc_pages_slowpath(&self, ac: &AllocContext) -> Result<u32, KmmError> {
+        let gfp = ac.gfp;
+        let order = ac.order;
+        self.wake_all_kswapds(ac);
+
+        let mut alloc_flags = ALLOC_WMARK_MIN;
+        if gfp.contains(GfpFlags::__GFP_HIGH) {
+            alloc_flags |= ALLOC_HIGH;
+        }
+        if !gfp.allows_blocking() {
+            alloc_flags |= ALLOC_HARDER;
+        }
+        if let Some(pfn) = self.get_page_from_freelist(ac, alloc_flags) {
+            return Ok(pfn);
+        }
+        if !gfp.allows_blocking() {
+            return Err(self.nopage(ac));
+        }
+
+        let costly = order > PAGE_ALLOC_COSTLY_ORDER;
+        let mut no_progress = 0;
+        let mut reclaimed = 0usize;
+        let mut drained = false;
+        loop {
+            self.platform.cond_resched();
+            // __alloc_pages_direct_reclaim()
+            if let Some(z) = self.zonelists[ac.preferred_nid]
+                .entries()
+                .iter()
+                .find(|&&(_, z)| z as usize <= ac.highest_zoneidx)
+            {
+                self.nodes[z.0 as usize].zones[z.1 as usize]
+                    .allocstall
+                    .fetch_add(1, Relaxed);
+            }
+            let progress = self.platform.try_to_free_pages(order, gfp);
+            reclaimed += progress;
+            if let Some(pfn) = self.get_page_from_freelist(ac, alloc_flags) {
+                return Ok(pfn);
+            }
+            if !drained {
+                // Pages parked on per-CPU lists cannot merge; give them back.
+                self.drain_all_pages();
+                drained = true;
+                if let Some(pfn) = self.get_page_from_freelist(ac, alloc_flags) {
+                    return Ok(pfn);
+                }
+            }
+            let nofail = gfp.contains(GfpFlags::__GFP_NOFAIL);
+            if gfp.contains(GfpFlags::__GFP_NORETRY) {
+                break;
+            }
+            if costly && !gfp.contains(GfpFlags::__GFP_REPEAT) && !nofail {
+                break;
+            }
+            // __GFP_REPEAT: keep going until reclaim has freed as much as was asked for.
+            if costly && !nofail && reclaimed >= (1usize << order) {
+                break;
+            }
+            no_progress = if progress == 0 { no_progress + 1 } else { 0 };
+            if no_progress > MAX_RECLAIM_RETRIES {
+                if gfp.contains(GfpFlags::__GFP_FS)
+                    && !costly
+                    && self.platform.out_of_memory(order, gfp)
+                {
+                    no_progress = 0;
+                    continue;
+                }
+                if !nofail {
+                    break;
+                }
+                // A __GFP_NOFAIL caller may use part of the reserve, then waits
+                // for memory for as long as it takes.
+                alloc_flags |= ALLOC_HIGH | ALLOC_HARDER;
+                if let Some(pfn) = self.get_page_from_freelist(ac, alloc_flags) {
+                    return Ok(pfn);
+                }
+                drained = false;
+            }
+        }
+        Err(self.nopage(ac))
+    }
+
+    fn wake_all_kswapds(&self, ac: &AllocContext) {
+        let mut woken = [false; crate::MAX_NUMNODES];
+        for &(nid, _) in self.zonelists[ac.preferred_nid].entries() {
+            if !woken[nid as usize] {
+                woken[nid as usize] = true;
+                self.events.kswapd_wakeups.fetch_add(1, Relaxed);
+                self.platform
+                    .wakeup_kswapd(nid as usize, ac.order, ac.highest_zoneidx);
+            }
+        }
+    }
+
+    /// The `nopage:` label: count, warn unless `__GFP_NOWARN`, fail.
+    fn nopage(&self, ac: &AllocContext) -> KmmError {
+        self.events.alloc_failures.fetch_add(1, Relaxed);
+        if !ac.gfp.contains(GfpFlags::__GFP_NOWARN) {
+            self.warn_alloc(ac.gfp, ac.order);
+        }
+        KmmError::NoMemory {
+            order: ac.order,
+            gfp: ac.gfp,
+        }
+    }
+
+    /// `warn_alloc()` + `show_mem()`: Linux's "page allocation failure" report.
+    pub fn warn_alloc(&self, gfp: GfpFlags, order: u32) {
+        let p = &self.platform;
+        let cpu = p.smp_processor_id();
+        self.with_current(&mut |pid, comm| {
+            p.printk(format_args!(
+                "{comm}: page allocation failure: order:{order}, mode:{gfp:?}, nodemask=(null)"
+            ));
+            p.printk(format_args!("CPU: {cpu} PID: {pid} Comm: {comm}"));
+        });
+        self.show_mem();
+    }
+
+    /// `show_mem()` / `show_free_areas()`: per-zone free memory and buddy lists.
+    pub fn show_mem(&self) {
+        let p = &self.platform;
+        let kb = |pages: u64| pages << (self.page_shift - 10);
+        p.printk(format_args!("Mem-Info:"));
+        for z in self.zones().filter(|z| z.is_populated()) {
+            let pcp: u64 = z.pcp.as_slice().iter().map(|c| c.count() as u64).sum();
+            p.printk(format_args!(
+                "Node {} {} free:{}kB boost:0kB min:{}kB low:{}kB high:{}kB present:{}kB managed:{}kB free_pcp:{}kB",
+                z.nid(),
+                z.name(),
+                kb(z.free_pages()),
+                kb(z.watermark(crate::mmzone::Watermark::Min)),
+                kb(z.watermark(crate::mmzone::Watermark::Low)),
+                kb(z.watermark(crate::mmzone::Watermark::High)),
+                kb(z.present_pages()),
+                kb(z.managed_pages()),
+                kb(pcp)
+            ));
+            let r = &z.lowmem_reserve;
+            let n = self.arch.nr_zones();
+            let mut line = [0u64; crate::mmzone::MAX_NR_ZONES];
+            for (i, v) in line.iter_mut().enumerate().take(n) {
+                *v = r[i].load(Relaxed);
+            }
+            p.printk(format_args!("lowmem_reserve[]: {}", Joined(&line[..n])));
+        }
+        for z in self.zones().filter(|z| z.is_populated()) {
+            let counts = z.free_area_counts();
+            p.printk(format_args!(
+                "Node {} {}: {}= {}kB",
+                z.nid(),
+                z.name(),
+                BuddyLine(&counts, self.page_size() >> 10),
+                kb(z.free_pages())
+            ));
+        }
+    }
+
+    // ----------------------------------------------------------------- free
+
+    /// `__free_pages()`: drops a reference; the last one frees the block.
+    pub fn __free_pages(&self, page: &Page, order: u32) -> Result<(), KmmError> {
+        self.free_pages_common(page, order, false)
+    }
+
+    /// `__free_page()`.
+    pub fn __free_page(&self, page: &Page) -> Result<(), KmmError> {
+        self.__free_pages(page, 0)
+    }
+
+    /// `free_pages()`: frees by kernel virtual address; address 0 is ignored.
+    pub fn free_pages(&self, addr: u64, order: u32) -> Result<(), KmmError> {
+        if addr == 0 {
+            return Ok(());
+        }
+        let page = self.virt_to_page(addr)?;
+        self.__free_pages(page, order)
+    }
+
+    /// `free_page()`.
+    pub fn free_page(&self, addr: u64) -> Result<(), KmmError> {
+        self.free_pages(addr, 0)
+    }
+
+    /// `free_hot_page()`: an order-0 page to the head of the per-CPU list,
+    /// where the next allocation finds it still in the cache.
+    pub fn free_hot_page(&self, page: &Page) -> Result<(), KmmError> {
+        self.free_pages_common(page, 0, false)
+    }
+
+    /// `free_cold_page()`: an order-0 page to the tail of the per-CPU list.
+    pub fn free_cold_page(&self, page: &Page) -> Result<(), KmmError> {
+        self.free_pages_common(page, 0, true)
+    }
+
+    /// `get_page()`: takes a reference on an allocated page.
+    pub fn get_page(&self, page: &Page) -> Result<(), KmmError> {
+        let pfn = self.page_to_pfn(page)?;
+        let mut old = page.refcount.load(Relaxed);
+        loop {
+            if old <= 0 {
+                return Err(self.bad_page(page, pfn, "get_page() on a free page"));
+            }
+            match page
+                .refcount
+                .compare_exchange_weak(old, old + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(v) => old = v,
+            }
+        }
+    }
+
+    /// `put_page()`: drops a reference; the last one frees the page with the
+    /// order it was allocated with.
+    pub fn put_page(&self, page: &Page) -> Result<(), KmmError> {
+        let order = page.alloc_order().unwrap_or(0);
+        self.__free_pages(page, order)
+    }
+
+    fn free_pages_common(&self, page: &Page, order: u32, cold: bool) -> Result<(), KmmError> {
+        let pfn = self.page_to_pfn(page)?;
+        if order >= MAX_ORDER as u32 {
+            return Err(KmmError::OrderTooLarge { order });
+        }
+        let flags = page.flags();
+        if flags.intersects(FLAGS_CHECK_AT_FREE) {
+            let why = if flags.contains(PageFlags::BUDDY) {
+                "page is already free (double free)"
+            } else if flags.contains(PageFlags::TAIL) {
+                "freeing a tail page of a compound page"
+            } else {
+                "PAGE_FLAGS_CHECK_AT_FREE flag(s) set"
+            };
+            return Err(self.bad_page(page, pfn, why));
+        }
+        if page.page_count() <= 0 {
+            return Err(self.bad_page(
+                page,
+                pfn,
+                "page_ref underflow: page is already free (double free)",
+            ));
+        }
+        if page.alloc_order() != Some(order) {
+            return Err(self.bad_page(page, pfn, "freed with an order it was not allocated with"));
+        }
+        if page.mapcount.load(Relaxed) != -1 {
+            return Err(self.bad_page(page, pfn, "nonzero mapcount"));
+        }
+        // put_page_testzero(): only the last reference frees.
+        let mut old = page.refcount.load(Relaxed);
+        loop {
+            if old <= 0 {
+                return Err(self.bad_page(
+                    page,
+                    pfn,
+                    "page_ref underflow: page is already free (double free)",
+                ));
+            }
+            match page
+                .refcount
+                .compare_exchange_weak(old, old - 1, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(v) => old = v,
+            }
+        }
+        if old != 1 {
+            return Ok(());
+        }
+        // free_pages_prepare()
+        page.set_alloc_order(None);
+        if page.is_head() {
+            let map = self.mem_map();
+            page.clear_flags(PageFlags::HEAD);
+            for t in pfn + 1..pfn + (1 << order) {
+                let tp = &map[t as usize];
+                tp.clear_flags(PageFlags::TAIL);
+                tp.private.store(0, Relaxed);
+            }
+        }
+        page.mapping.store(0, Relaxed);
+        page.private.store(0, Relaxed);
+        let zone = self.page_zone(page);
+        if order == 0 {
+            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
+                self.free_unref_page(zone, pcp, pfn as u32, cold);
+                return Ok(());
+            }
+        }
+        let mut fa = zone.free.lock();
+        self.free_one_page(zone, &mut fa, pfn as u32, order);
+        fa.pgfree += 1 << order;
+        drop(fa);
+        zone.nr_free_pages.fetch_add(1 << order, Relaxed);
+        Ok(())
+    }
+
+    /// `free_unref_page()`: to the per-CPU list; past `high`, a batch of the
+    /// coldest pages goes back to the buddy lists.
+    #[inline]
+    fn free_unref_page(&self, zone: &Zone, pcp: &crate::mmzone::PerCpuPages, pfn: u32, cold: bool) {
+        let map = self.mem_map();
+        let _g = pcp.lock.lock();
+        let mut list = pcp.list();
+        if cold {
+            list.push_back(map, pfn);
+        } else {
+            list.push_front(map, pfn);
+        }
+        let mut count = pcp.count.load(Relaxed) + 1;
+        pcp.pgfree.store(pcp.pgfree.load(Relaxed) + 1, Relaxed);
+        if count >= pcp.high.load(Relaxed) {
+            let n = pcp.batch.load(Relaxed).min(count);
+            self.free_pcppages_bulk(zone, &mut list, n);
+            count -= n;
+        }
+        pcp.set_list(list);
+        pcp.count.store(count, Relaxed);
+    }
+
+    /// `free_pcppages_bulk()`: `n` pages from the cold end of a per-CPU list
+    /// back to the buddy lists.
+    fn free_pcppages_bulk(&self, zone: &Zone, list: &mut crate::list::ListHead, n: u32) {
+        let map = self.mem_map();
+        let mut fa = zone.free.lock();
+        let mut done = 0;
+        while done < n {
+            let Some(pfn) = list.pop_back(map) else { break };
+            self.free_one_page(zone, &mut fa, pfn, 0);
+            done += 1;
+        }
+        drop(fa);
+        zone.nr_free_pages.fetch_add(done as u64, Relaxed);
+    }
+
+    /// `__free_one_page()`: inserts a block, merging it with its buddy for as
+    /// long as the buddy is free at the same order and inside the zone.
+    pub(crate) fn free_one_page(
+        &self,
+        zone: &Zone,
+        fa: &mut FreeAreas,
+        mut pfn: u32,
+        mut order: u32,
+    ) {
+        let map = self.mem_map();
+        let (zs, ze) = (zone.zone_start_pfn(), zone.zone_end_pfn());
+        while (order as usize) < MAX_ORDER - 1 {
+            let buddy = pfn ^ (1 << order);
+            if (buddy as u64) < zs || (buddy as u64) >= ze {
+                break;
+            }
+            let bp = &map[buddy as usize];
+            if !bp.flags().contains(PageFlags::BUDDY) || bp.private.load(Relaxed) != order {
+                break;
+            }
+            fa.lists[order as usize].remove(map, buddy);
+            fa.nr_free[order as usize] -= 1;
+            bp.set_state(PageFlags::empty(), PageFlags::BUDDY);
+            bp.private.store(0, Relaxed);
+            pfn &= buddy;
+            order += 1;
+        }
+        let page = &map[pfn as usize];
+        page.set_state(PageFlags::BUDDY, PageFlags::empty());
+        page.private.store(order, Relaxed);
+        fa.lists[order as usize].push_front(map, pfn);
+        fa.nr_free[order as usize] += 1;
+    }
+
+    /// `drain_all_pages()`: empties every CPU's per-CPU lists into the buddy
+    /// lists, so that their pages can merge again.
+    pub fn drain_all_pages(&self) {
+        self.events.pcp_drains.fetch_add(1, Relaxed);
+        for zone in self.zones() {
+            for pcp in zone.pcp.as_slice() {
+                let _g = pcp.lock.lock();
+                let mut list = pcp.list();
+                let n = pcp.count.load(Relaxed);
+                self.free_pcppages_bulk(zone, &mut list, n);
+                pcp.set_list(list);
+                pcp.count.store(0, Relaxed);
+            }
+        }
+    }
+
+    /// `bad_page()`: prints Linux's report and returns the error.
+    fn bad_page(&self, page: &Page, pfn: u64, reason: &'static str) -> KmmError {
+        self.events.bad_pages.fetch_add(1, Relaxed);
+        let p = &self.platform;
+        self.with_current(&mut |_pid, comm| {
+            p.printk(format_args!(
+                "BUG: Bad page state in process {comm}  pfn:{pfn:05x}"
+            ))
+        });
+        p.printk(format_args!(
+            "page: refcount:{} mapcount:{} mapping:{:016x} index:{:#x} pfn:{:#x}",
+            page.page_count(),
+            page.page_mapcount(),
+            page.mapping(),
+            page.index(),
+            pfn
+        ));
+        p.printk(format_args!(
+            "flags: {}",
+            DisplayPageFlags(page.raw_flags())
+        ));
+        if let Some(o) = page.alloc_order() {
+            p.printk(format_args!("page was allocated with order {o}"));
+        }
+        p.printk(format_args!("page dumped because: {reason}"));
+        KmmError::BadPageState { pfn, reason }
+    }
+
+    // -------------------------------------------------------------- queries
+
+    /// `global_zone_page_state(NR_FREE_PAGES)`: pages in the buddy lists.
+    pub fn nr_free_pages(&self) -> u64 {
+        self.zones().map(|z| z.free_pages()).sum()
+    }
+
+    /// Pages sitting on per-CPU lists (`free_pcp` in `show_mem`).
+    pub fn nr_pcp_pages(&self) -> u64 {
+        self.zones()
+            .flat_map(|z| z.pcp.as_slice().iter())
+            .map(|p| p.count() as u64)
+            .sum()
+    }
+}
+
+/// Space-separated numbers.
+struct Joined<'a>(&'a [u64]);
+
+impl core::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `show_free_areas()`'s `N*SIZEkB` list.
+struct BuddyLine<'a>(&'a [u64; MAX_ORDER], u64);
+
+impl core::fmt::Display for BuddyLine<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (o, n) in self.0.iter().enumerate() {
+            write!(f, "{}*{}kB ", n, self.1 << o)?;
+        }
+        Ok(())
+    }
+}

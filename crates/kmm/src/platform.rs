@@ -1,0 +1,100 @@
+//! The one door between the memory manager and the world it runs in.
+//!
+//! Linux reaches these services through `smp_processor_id()`, `preempt_count()`,
+//! `irqs_disabled()`, `current`, `printk()`, `wakeup_kswapd()` and
+//! `try_to_free_pages()`. kmm asks a [`Platform`] for them instead, so the same
+//! allocator can run inside a Rust kernel or inside the `kmm-sim` machine.
+
+use core::fmt;
+
+/// Linux's `preempt_count()` layout: bits 0–7 count `preempt_disable()`, bits
+/// 8–15 softirq nesting, bits 16–19 hardirq nesting, bits 20–23 NMI nesting.
+pub mod preempt {
+    /// `PREEMPT_OFFSET`: one `preempt_disable()`.
+    pub const PREEMPT_OFFSET: u32 = 1;
+    /// `SOFTIRQ_OFFSET`: one level of softirq processing.
+    pub const SOFTIRQ_OFFSET: u32 = 1 << 8;
+    /// `HARDIRQ_OFFSET`: one level of hard interrupt.
+    pub const HARDIRQ_OFFSET: u32 = 1 << 16;
+    /// `NMI_OFFSET`: one level of non-maskable interrupt.
+    pub const NMI_OFFSET: u32 = 1 << 20;
+    /// `PREEMPT_MASK`.
+    pub const PREEMPT_MASK: u32 = 0xff;
+    /// `SOFTIRQ_MASK`.
+    pub const SOFTIRQ_MASK: u32 = 0xff << 8;
+    /// `HARDIRQ_MASK`.
+    pub const HARDIRQ_MASK: u32 = 0xf << 16;
+    /// `NMI_MASK`.
+    pub const NMI_MASK: u32 = 0xf << 20;
+
+    /// `in_atomic()`: any preemption-disabling state at all.
+    pub const fn in_atomic(count: u32) -> bool {
+        count != 0
+    }
+    /// `in_interrupt()`: hard or soft interrupt or NMI context.
+    pub const fn in_interrupt(count: u32) -> bool {
+        count & (SOFTIRQ_MASK | HARDIRQ_MASK | NMI_MASK) != 0
+    }
+    /// `in_softirq()`.
+    pub const fn in_softirq(count: u32) -> bool {
+        count & SOFTIRQ_MASK != 0
+    }
+    /// `in_irq()` / `in_hardirq()`.
+    pub const fn in_irq(count: u32) -> bool {
+        count & HARDIRQ_MASK != 0
+    }
+}
+
+/// Identity of the task running on the current CPU, for Linux-style messages
+/// (`current->pid`, `current->comm`).
+#[derive(Clone, Copy, Debug)]
+pub struct TaskId<'a> {
+    /// `current->pid`.
+    pub pid: u32,
+    /// `current->comm`.
+    pub comm: &'a str,
+}
+
+/// What the memory manager needs from the machine it runs on.
+///
+/// Every method has a cheap, obvious meaning in a real kernel; the default
+/// bodies are what a kernel without reclaim would do.
+pub trait Platform: Sync {
+    /// `smp_processor_id()`: the CPU the caller runs on, below `nr_cpu_ids`.
+    fn smp_processor_id(&self) -> usize;
+
+    /// `preempt_count()` of the current CPU, in Linux's bit layout (see [`preempt`]).
+    fn preempt_count(&self) -> u32;
+
+    /// `irqs_disabled()` on the current CPU.
+    fn irqs_disabled(&self) -> bool;
+
+    /// `current`: pid and command name of the running task, for messages.
+    fn current_task(&self, f: &mut dyn FnMut(TaskId<'_>)) {
+        f(TaskId {
+            pid: 0,
+            comm: "swapper/0",
+        })
+    }
+
+    /// `printk()`: one kernel log line, without the trailing newline.
+    fn printk(&self, line: fmt::Arguments<'_>);
+
+    /// `wakeup_kswapd()`: ask the node's background reclaim thread to run.
+    fn wakeup_kswapd(&self, _nid: usize, _order: u32, _highest_zoneidx: usize) {}
+
+    /// `try_to_free_pages()`: direct reclaim on behalf of a sleeping allocation.
+    /// Returns the number of pages it freed.
+    fn try_to_free_pages(&self, _order: u32, _gfp: crate::gfp::GfpFlags) -> usize {
+        0
+    }
+
+    /// `out_of_memory()`: the OOM killer. Returns true when it freed memory.
+    fn out_of_memory(&self, _order: u32, _gfp: crate::gfp::GfpFlags) -> bool {
+        false
+    }
+
+    /// `cond_resched()` / `congestion_wait()`: let other work run before the
+    /// allocator retries. Called only where the caller may sleep.
+    fn cond_resched(&self) {}
+}

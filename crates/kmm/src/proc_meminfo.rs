@@ -1,0 +1,49 @@
+//! `/proc/meminfo` (`fs/proc/meminfo.c`): the fields kmm maintains so far.
+
+use crate::mm::Kmm;
+use crate::platform::Platform;
+use core::fmt::{self, Write};
+
+/// `calculate_totalreserve_pages()`: pages user space can never get — per
+/// zone, the high watermark plus the largest `lowmem_reserve`.
+pub fn totalreserve_pages<P: Platform>(k: &Kmm<P>) -> u64 {
+    let nz = k.arch().nr_zones();
+    k.zones()
+        .map(|z| {
+            let max = (0..nz).map(|j| z.lowmem_reserve(j)).max().unwrap_or(0)
+                + z.watermark(crate::mmzone::Watermark::High);
+            max.min(z.managed_pages())
+        })
+        .sum()
+}
+
+/// `si_mem_available()`: free pages less the reserves.
+pub fn mem_available_pages<P: Platform>(k: &Kmm<P>) -> u64 {
+    k.nr_free_pages().saturating_sub(totalreserve_pages(k))
+}
+
+fn line(out: &mut dyn Write, label: &str, kb: u64) -> fmt::Result {
+    // Linux: "%-15s" of the label with its colon, then "%8lu kB".
+    let pad = 15usize.saturating_sub(label.len());
+    writeln!(out, "{label}:{:pad$}{kb:>8} kB", "")
+}
+
+/// `/proc/meminfo`.
+pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
+    let kb = |pages: u64| pages << (k.page_shift() - 10);
+    line(out, "MemTotal", kb(k.totalram_pages()))?;
+    line(out, "MemFree", kb(k.nr_free_pages()))?;
+    line(out, "MemAvailable", kb(mem_available_pages(k)))?;
+    if k.arch().max_lowmem.is_some() {
+        let (mut ht, mut hf) = (0, 0);
+        for z in k.zones().filter(|z| z.zone_type().is_highmem()) {
+            ht += z.managed_pages();
+            hf += z.free_pages();
+        }
+        line(out, "HighTotal", kb(ht))?;
+        line(out, "HighFree", kb(hf))?;
+        line(out, "LowTotal", kb(k.totalram_pages() - ht))?;
+        line(out, "LowFree", kb(k.nr_free_pages() - hf))?;
+    }
+    Ok(())
+}

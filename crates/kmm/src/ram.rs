@@ -1,0 +1,192 @@
+//! Physical memory as the kernel sees it through its direct map.
+//!
+//! This is the only module of the allocator core that touches raw memory. Every
+//! other module reaches RAM through [`PhysMem`] (byte copies at physical
+//! addresses) or through [`RamArray`] (typed tables — `mem_map`, per-CPU page
+//! lists — that live inside the RAM they describe, as in Linux).
+
+use crate::error::KmmError;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+/// The machine's physical address space `[0, len)`, backed by host memory.
+///
+/// Linux reaches physical memory through the direct map (`__va()`); kmm reaches it
+/// through this pointer. Reads and writes of simulated RAM by different CPUs may
+/// race exactly as they may on real hardware: the bytes are plain memory owned
+/// by the simulated machine, never by Rust objects.
+pub struct PhysMem {
+    base: NonNull<u8>,
+    len: u64,
+}
+
+// SAFETY: `PhysMem` is a window onto memory the simulated machine owns for its
+// whole life; it holds no thread-affine state.
+unsafe impl Send for PhysMem {}
+// SAFETY: as above; shared access only ever copies bytes or hands out tables of
+// atomics (see `RamSafe`).
+unsafe impl Sync for PhysMem {}
+
+/// Types that may live in simulated RAM as shared tables: every bit pattern is a
+/// valid value, they need no drop, and all mutation goes through atomics.
+///
+/// # Safety
+/// Implementors must be made only of integer atomics (or arrays/structs of them)
+/// with no padding requirements beyond their alignment.
+pub unsafe trait RamSafe: Sync + Sized {}
+
+impl PhysMem {
+    /// Wraps `len` bytes of host memory at `base` as physical addresses `0..len`.
+    ///
+    /// # Safety
+    /// `base..base+len` must be readable and writable, must stay mapped for as
+    /// long as this value and everything built from it (the whole memory
+    /// manager) lives, and must not be accessed through Rust references
+    /// elsewhere. `base` must be aligned to at least 4096 bytes.
+    pub unsafe fn new(base: *mut u8, len: u64) -> Result<Self, KmmError> {
+        let base = NonNull::new(base).ok_or(KmmError::BadMachine {
+            why: "RAM base pointer is null",
+        })?;
+        if base.as_ptr() as usize % 4096 != 0 {
+            return Err(KmmError::BadMachine {
+                why: "RAM base is not page aligned",
+            });
+        }
+        Ok(PhysMem { base, len })
+    }
+
+    /// Size of the physical address space in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for a zero-sized address space.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, phys: u64, len: usize) -> Result<*mut u8, KmmError> {
+        match phys.checked_add(len as u64) {
+            Some(end) if end <= self.len => {
+                // SAFETY: `phys + len <= self.len`, so the offset stays inside the
+                // mapping promised by `new`.
+                Ok(unsafe { self.base.as_ptr().add(phys as usize) })
+            }
+            _ => Err(KmmError::InvalidAddress {
+                addr: phys,
+                what: "physical address",
+            }),
+        }
+    }
+
+    /// Copies `buf.len()` bytes of RAM at `phys` into `buf`.
+    pub fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), KmmError> {
+        let src = self.check(phys, buf.len())?;
+        // SAFETY: `src..src+len` is inside the mapping (checked) and `buf` is a
+        // distinct Rust allocation, so the ranges cannot overlap.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into RAM at `phys`.
+    pub fn write(&self, phys: u64, data: &[u8]) -> Result<(), KmmError> {
+        let dst = self.check(phys, data.len())?;
+        // SAFETY: `dst..dst+len` is inside the mapping (checked); `data` is a Rust
+        // slice and so not part of simulated RAM.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `phys` to `byte` (`memset`).
+    pub fn fill(&self, phys: u64, len: usize, byte: u8) -> Result<(), KmmError> {
+        let dst = self.check(phys, len)?;
+        // SAFETY: `dst..dst+len` is inside the mapping (checked).
+        unsafe { core::ptr::write_bytes(dst, byte, len) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `src` to `dst`, both physical (`memmove`).
+    pub fn copy(&self, dst: u64, src: u64, len: usize) -> Result<(), KmmError> {
+        let s = self.check(src, len)?;
+        let d = self.check(dst, len)?;
+        // SAFETY: both ranges are inside the mapping (checked); `copy` allows overlap.
+        unsafe { core::ptr::copy(s, d, len) };
+        Ok(())
+    }
+
+    /// Reads a little-endian `u64` at `phys` (which need not be aligned).
+    pub fn read_u64(&self, phys: u64) -> Result<u64, KmmError> {
+        let mut b = [0u8; 8];
+        self.read(phys, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian `u64` at `phys`.
+    pub fn write_u64(&self, phys: u64, v: u64) -> Result<(), KmmError> {
+        self.write(phys, &v.to_le_bytes())
+    }
+
+    /// Places a table of `count` values of `T` at `phys`, zero-filled.
+    pub(crate) fn zeroed_array<T: RamSafe>(
+        &self,
+        phys: u64,
+        count: usize,
+    ) -> Result<RamArray<T>, KmmError> {
+        let bytes =
+            count
+                .checked_mul(core::mem::size_of::<T>())
+                .ok_or(KmmError::InvalidAddress {
+                    addr: phys,
+                    what: "table size",
+                })?;
+        let p = self.check(phys, bytes)?;
+        if p as usize % core::mem::align_of::<T>() != 0 {
+            return Err(KmmError::InvalidAddress {
+                addr: phys,
+                what: "misaligned table",
+            });
+        }
+        // SAFETY: the range is inside the mapping (checked).
+        unsafe { core::ptr::write_bytes(p, 0, bytes) };
+        Ok(RamArray {
+            // SAFETY: `p` is non-null: it is `base` (non-null) plus an in-range offset.
+            ptr: unsafe { NonNull::new_unchecked(p.cast::<T>()) },
+            len: count,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A table of `T` living in simulated RAM (Linux: a `memblock_alloc`ed array
+/// such as `mem_map`).
+pub(crate) struct RamArray<T: RamSafe> {
+    ptr: NonNull<T>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: `T: RamSafe` is `Sync` and made of atomics; the table is shared memory.
+unsafe impl<T: RamSafe> Send for RamArray<T> {}
+// SAFETY: as above.
+unsafe impl<T: RamSafe> Sync for RamArray<T> {}
+
+impl<T: RamSafe> RamArray<T> {
+    /// An empty table.
+    pub(crate) const fn empty() -> Self {
+        RamArray {
+            ptr: NonNull::dangling(),
+            len: 0,
+            _t: PhantomData,
+        }
+    }
+
+    /// The table as a slice.
+    #[inline(always)]
+    pub(crate) fn as_slice(&self) -> &[T] {
+        // SAFETY: `ptr..ptr+len` was checked to lie inside the RAM mapping, which
+        // outlives the memory manager (contract of `PhysMem::new`); it was
+        // zero-filled, and every bit pattern is a valid `T` (`RamSafe`); all
+        // mutation goes through atomics, so shared references are sound.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
