@@ -442,7 +442,14 @@ thread_local! {
     static THREAD_TOKEN: Cell<usize> = const { Cell::new(0) };
     /// The CPUs this thread has bound: (machine id, CPU), at most one per machine.
     static BINDINGS: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+    /// The most recent binding, (machine id + 1, CPU), or (0, 0): a one-entry
+    /// cache in front of `BINDINGS` that keeps `smp_processor_id()` to one
+    /// thread-local load on the allocator's fast paths.
+    static LAST_BINDING: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
 }
+
+/// The CPU recorded in `LAST_BINDING` for "this thread has no CPU of that machine".
+const UNBOUND: usize = usize::MAX;
 
 /// A number naming the calling host thread, never reused.
 fn thread_token() -> usize {
@@ -606,6 +613,7 @@ impl Cpus {
             return Err(CpuError::Busy { cpu });
         }
         BINDINGS.with(|b| b.borrow_mut().push((self.id, cpu)));
+        LAST_BINDING.with(|l| l.set((self.id + 1, cpu)));
         Ok(CpuBinding {
             cpus: self,
             cpu,
@@ -614,8 +622,19 @@ impl Cpus {
     }
 
     /// The CPU the calling thread has bound on this machine, if any.
+    #[inline]
     pub fn bound_cpu(&self) -> Option<usize> {
-        BINDINGS
+        if let Ok((id, cpu)) = LAST_BINDING.try_with(Cell::get) {
+            if id == self.id + 1 {
+                return (cpu != UNBOUND).then_some(cpu);
+            }
+        }
+        self.bound_cpu_slow()
+    }
+
+    #[cold]
+    fn bound_cpu_slow(&self) -> Option<usize> {
+        let found = BINDINGS
             .try_with(|b| {
                 b.borrow()
                     .iter()
@@ -623,7 +642,11 @@ impl Cpus {
                     .map(|&(_, cpu)| cpu)
             })
             .ok()
-            .flatten()
+            .flatten();
+        // Remember the answer, "not bound" included: `bind` overwrites the
+        // cache and dropping a binding clears it, so it is never stale.
+        let _ = LAST_BINDING.try_with(|l| l.set((self.id + 1, found.unwrap_or(UNBOUND))));
+        found
     }
 
     /// Linux's `smp_processor_id()` / `raw_smp_processor_id()`: the CPU the
@@ -647,6 +670,17 @@ impl Cpus {
     #[inline]
     pub fn preempt_count(&self) -> u32 {
         self.this().1.preempt_count.load(Ordering::Relaxed)
+    }
+
+    /// `preempt_count()` and `irqs_disabled()` of the current CPU with one
+    /// lookup of which CPU that is.
+    #[inline]
+    pub fn atomic_state(&self) -> (u32, bool) {
+        let st = self.this().1;
+        (
+            st.preempt_count.load(Ordering::Relaxed),
+            st.irqs_disabled.load(Ordering::Relaxed),
+        )
     }
 
     /// Linux's `irqs_disabled()` on the current CPU.
@@ -1031,6 +1065,11 @@ impl Drop for CpuBinding<'_> {
     fn drop(&mut self) {
         let id = self.cpus.id;
         let _ = BINDINGS.try_with(|b| b.borrow_mut().retain(|&(m, _)| m != id));
+        let _ = LAST_BINDING.try_with(|l| {
+            if l.get().0 == id + 1 {
+                l.set((0, 0));
+            }
+        });
         let state = &self.cpus.cpus[self.cpu];
         if state.quiescent() {
             state.owner.store(FREE, Ordering::Release);

@@ -151,6 +151,10 @@ impl Platform for SimPlatform {
     fn irqs_disabled(&self) -> bool {
         self.cpus.irqs_disabled()
     }
+    #[inline]
+    fn atomic_state(&self) -> (u32, bool) {
+        self.cpus.atomic_state()
+    }
     fn current_task(&self, f: &mut dyn FnMut(TaskId<'_>)) {
         let t = self.cpus.current_task();
         f(TaskId {

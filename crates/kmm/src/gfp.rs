@@ -81,7 +81,30 @@ pub const GFP_ZONEMASK: GfpFlags = GfpFlags::__GFP_DMA
 impl GfpFlags {
     /// Checks the mask the way Linux's `GFP_ZONE_BAD` table and the allocator's
     /// warnings do. Returns the zone type the mask asks for (`gfp_zone()`).
+    #[inline]
     pub fn validate(self) -> Result<ZoneType, KmmError> {
+        // GFP_ZONE_TABLE: the zone for each combination of the three zone bits.
+        const TABLE: [Option<ZoneType>; 8] = [
+            Some(ZoneType::Normal),
+            Some(ZoneType::Dma),
+            Some(ZoneType::HighMem),
+            None,
+            Some(ZoneType::Dma32),
+            None,
+            None,
+            None,
+        ];
+        let slow = GfpFlags::__GFP_NOFAIL.bits() | !GfpFlags::all().bits();
+        if self.bits() & slow == 0 {
+            if let Some(z) = TABLE[(self.bits() & 7) as usize] {
+                return Ok(z);
+            }
+        }
+        self.validate_slow()
+    }
+
+    #[cold]
+    fn validate_slow(self) -> Result<ZoneType, KmmError> {
         let zones = self & GFP_ZONEMASK;
         let zone = if zones.is_empty() {
             ZoneType::Normal

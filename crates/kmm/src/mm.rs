@@ -27,6 +27,7 @@ impl Zonelist {
     };
 
     /// `(nid, zone index)` pairs, most preferred first.
+    #[inline]
     pub fn entries(&self) -> &[(u8, u8)] {
         &self.zones[..self.len]
     }
@@ -80,6 +81,8 @@ pub struct Kmm<P: Platform> {
     pub(crate) cpu_to_node: [u8; NR_CPUS],
     pub(crate) node_distance: [[u8; MAX_NUMNODES]; MAX_NUMNODES],
     pub(crate) zonelists: [Zonelist; MAX_NUMNODES],
+    /// `gfp_zone()` answers as zone indices, by [`crate::ZoneType`] (`GFP_ZONE_TABLE`).
+    pub(crate) zone_index_of: [u8; 5],
     pub(crate) min_free_kbytes: AtomicU64,
     pub(crate) watermark_scale_factor: AtomicU64,
     pub(crate) memblock: SpinLock<Memblock>,
@@ -146,6 +149,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// `cpu_to_node()`.
+    #[inline]
     pub fn cpu_to_node(&self, cpu: usize) -> usize {
         self.cpu_to_node.get(cpu).copied().unwrap_or(0) as usize
     }
@@ -217,9 +221,13 @@ impl<P: Platform> Kmm<P> {
     pub fn page_to_pfn(&self, page: &Page) -> Result<u64, KmmError> {
         let base = self.mem_map().as_ptr() as usize;
         let addr = page as *const Page as usize;
-        let off = addr.wrapping_sub(base);
-        let pfn = (off / STRUCT_PAGE_SIZE) as u64;
-        if addr < base || off % STRUCT_PAGE_SIZE != 0 || pfn >= self.max_pfn {
+        let pfn = (addr.wrapping_sub(base) / STRUCT_PAGE_SIZE) as u64;
+        // In range and pointing at the start of a descriptor (no division by 40).
+        let exact = self
+            .mem_map()
+            .get(pfn as usize)
+            .is_some_and(|p| core::ptr::eq(p, page));
+        if !exact || pfn >= self.max_pfn {
             return Err(KmmError::InvalidAddress {
                 addr: addr as u64,
                 what: "struct page pointer",

@@ -531,6 +531,10 @@ impl<P: Platform> EarlyBoot<P> {
             cpu_to_node: self.cpu_to_node,
             node_distance: self.node_distance,
             zonelists: [Zonelist::EMPTY; MAX_NUMNODES],
+            zone_index_of: {
+                use crate::mmzone::ZoneType::*;
+                [Dma, Dma32, Normal, HighMem, Movable].map(|z| arch.zone_index(z) as u8)
+            },
             min_free_kbytes: AtomicU64::new(0),
             watermark_scale_factor: AtomicU64::new(10),
             memblock: SpinLock::new(Memblock::new()),

@@ -111,6 +111,7 @@ impl Page {
     }
 
     /// The raw `page->flags` word, zone and node bits included.
+    #[inline]
     pub fn raw_flags(&self) -> u64 {
         self.flags.load(Relaxed)
     }
@@ -122,21 +123,25 @@ impl Page {
     }
 
     /// `page_mapcount()`: how many page tables map the page.
+    #[inline]
     pub fn page_mapcount(&self) -> i32 {
         self.mapcount.load(Relaxed) + 1
     }
 
     /// `page_private()`.
+    #[inline]
     pub fn private(&self) -> u32 {
         self.private.load(Relaxed)
     }
 
     /// `page->index`.
+    #[inline]
     pub fn index(&self) -> u32 {
         self.index.load(Relaxed)
     }
 
     /// `page->mapping`.
+    #[inline]
     pub fn mapping(&self) -> u64 {
         self.mapping.load(Relaxed)
     }
@@ -154,56 +159,67 @@ impl Page {
     }
 
     /// `PageReserved()`.
+    #[inline]
     pub fn is_reserved(&self) -> bool {
         self.flags().contains(PageFlags::RESERVED)
     }
 
     /// `PageBuddy()`: free in the buddy allocator (head of a free block).
+    #[inline]
     pub fn is_buddy(&self) -> bool {
         self.flags().contains(PageFlags::BUDDY)
     }
 
     /// `PageSlab()`.
+    #[inline]
     pub fn is_slab(&self) -> bool {
         self.flags().contains(PageFlags::SLAB)
     }
 
     /// `PageHead()`.
+    #[inline]
     pub fn is_head(&self) -> bool {
         self.flags().contains(PageFlags::HEAD)
     }
 
     /// `PageTail()`.
+    #[inline]
     pub fn is_tail(&self) -> bool {
         self.flags().contains(PageFlags::TAIL)
     }
 
     /// `SetPageXxx()`: sets state flags.
+    #[inline]
     pub fn set_flags(&self, f: PageFlags) {
         self.flags.fetch_or(f.bits(), Relaxed);
     }
 
     /// `ClearPageXxx()`: clears state flags.
+    #[inline]
     pub fn clear_flags(&self, f: PageFlags) {
         self.flags.fetch_and(!f.bits(), Relaxed);
     }
 
     /// `set_page_private()`.
+    #[inline]
     pub fn set_private(&self, v: u32) {
         self.private.store(v, Relaxed)
     }
 
     /// Sets `page->mapping`.
+    #[inline]
     pub fn set_mapping(&self, v: u64) {
         self.mapping.store(v, Relaxed)
     }
 
     /// Sets `page->index`.
+    #[inline]
     pub fn set_index(&self, v: u32) {
         self.index.store(v, Relaxed)
     }
 
     /// Order this page was allocated with, if it heads a live allocation.
+    #[inline]
     pub fn alloc_order(&self) -> Option<u32> {
         let v = (self.flags.load(Relaxed) & ALLOC_ORDER_MASK) >> ALLOC_ORDER_SHIFT;
         (v != 0).then(|| v as u32 - 1)
@@ -224,6 +240,7 @@ impl Page {
     }
 
     /// `set_page_links()` + `init_single_page()` + `SetPageReserved()`.
+    #[inline]
     pub(crate) fn init_reserved(&self, nid: usize, zone_idx: usize) {
         self.flags.store(
             PageFlags::RESERVED.bits()

@@ -15,6 +15,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 pub const MAX_NR_ZONES: usize = 4;
 
 /// `enum zone_type`.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ZoneType {
     /// `ZONE_DMA`: memory ISA devices can reach (below 16 MiB on x86).

@@ -43,6 +43,8 @@ const ALLOC_HIGH: u32 = 0x20;
 /// `struct alloc_context`.
 #[derive(Clone, Copy)]
 struct AllocContext {
+    /// The CPU the caller runs on (`smp_processor_id()`, looked up once).
+    cpu: usize,
     gfp: GfpFlags,
     order: u32,
     preferred_nid: usize,
@@ -53,12 +55,12 @@ impl<P: Platform> Kmm<P> {
     // ---------------------------------------------------------------- alloc
 
     /// `alloc_pages_node()`: `2^order` contiguous pages, preferring node `nid`.
-    pub fn alloc_pages_node(
-        &self,
-        nid: usize,
-        gfp: GfpFlags,
-        order: u32,
-    ) -> Result<&Page, KmmError> {
+    pub fn alloc_pages_node(&self, nid: usize, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
+        self.alloc_pages_on(self.platform.smp_processor_id(), nid, gfp, order)
+    }
+
+    #[inline]
+    fn alloc_pages_on(&self, cpu: usize, nid: usize, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
         if order >= MAX_ORDER as u32 {
             if !gfp.contains(GfpFlags::__GFP_NOWARN) {
                 self.warn_order(order);
@@ -73,10 +75,11 @@ impl<P: Platform> Kmm<P> {
             self.might_sleep()?;
         }
         let ac = AllocContext {
+            cpu,
             gfp,
             order,
             preferred_nid: nid,
-            highest_zoneidx: self.arch.zone_index(zt),
+            highest_zoneidx: self.zone_index_of[zt as usize] as usize,
         };
         let pfn = match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
             Some(pfn) => pfn,
@@ -88,7 +91,8 @@ impl<P: Platform> Kmm<P> {
     /// `alloc_pages()`: `2^order` pages from the current CPU's node.
     #[inline]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
-        self.alloc_pages_node(self.numa_node_id(), gfp, order)
+        let cpu = self.platform.smp_processor_id();
+        self.alloc_pages_on(cpu, self.cpu_to_node(cpu), gfp, order)
     }
 
     /// `alloc_page()`: one page.
@@ -129,8 +133,7 @@ impl<P: Platform> Kmm<P> {
 
     /// `might_sleep()`: a sleeping allocation in atomic context is a bug.
     fn might_sleep(&self) -> Result<(), KmmError> {
-        let pc = self.platform.preempt_count();
-        let irqs = self.platform.irqs_disabled();
+        let (pc, irqs) = self.platform.atomic_state();
         if pc == 0 && !irqs {
             return Ok(());
         }
@@ -202,7 +205,7 @@ impl<P: Platform> Kmm<P> {
                 }
             }
             let local = nid as usize == ac.preferred_nid;
-            if let Some(pfn) = self.rmqueue(zone, ac.order, ac.gfp, local) {
+            if let Some(pfn) = self.rmqueue(zone, ac.cpu, ac.order, ac.gfp, local) {
                 return Some(pfn);
             }
         }
@@ -211,10 +214,10 @@ impl<P: Platform> Kmm<P> {
 
     /// `rmqueue()`: order 0 from the per-CPU list, larger orders from the buddy lists.
     #[inline]
-    fn rmqueue(&self, zone: &Zone, order: u32, gfp: GfpFlags, local: bool) -> Option<u32> {
+    fn rmqueue(&self, zone: &Zone, cpu: usize, order: u32, gfp: GfpFlags, local: bool) -> Option<u32> {
         let map = self.mem_map();
         if order == 0 {
-            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
+            if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
                 let _g = pcp.lock.lock();
                 let mut list = pcp.list();
                 let mut count = pcp.count.load(Relaxed);

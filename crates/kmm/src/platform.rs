@@ -69,6 +69,14 @@ pub trait Platform: Sync {
     /// `irqs_disabled()` on the current CPU.
     fn irqs_disabled(&self) -> bool;
 
+    /// `preempt_count()` and `irqs_disabled()` together, as `might_sleep()`
+    /// needs them on every sleeping allocation; override when one lookup of
+    /// the current CPU can answer both.
+    #[inline]
+    fn atomic_state(&self) -> (u32, bool) {
+        (self.preempt_count(), self.irqs_disabled())
+    }
+
     /// `current`: pid and command name of the running task, for messages.
     fn current_task(&self, f: &mut dyn FnMut(TaskId<'_>)) {
         f(TaskId {

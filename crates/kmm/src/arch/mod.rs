@@ -53,6 +53,7 @@ impl Arch {
     /// `gfp_zone()`'s answer as an index: the highest zone a request for `zt`
     /// may use. A zone the profile lacks maps to ZONE_NORMAL, as Linux's
     /// `OPT_ZONE_*` macros do.
+    #[inline]
     pub fn zone_index(&self, zt: ZoneType) -> usize {
         self.zones
             .iter()
