@@ -371,6 +371,7 @@ impl<P: Platform> EarlyBoot<P> {
                 })
                 .sum()
         };
+        #[allow(clippy::needless_range_loop)] // `nid` names the node in messages and filters
         for nid in 0..self.nr_nodes {
             let regs = self.memblock.memory.regions();
             let mut it = regs.iter().filter(|r| r.nid as usize == nid);
@@ -708,7 +709,7 @@ impl<P: Platform> Kmm<P> {
                 *o = i;
             }
             let dist = self.node_distance[nid];
-            order[..nn].sort_by_key(|&m| (m != nid, dist[m], m));
+            order[..nn].sort_unstable_by_key(|&m| (m != nid, dist[m], m));
             let mut zl = Zonelist::EMPTY;
             for &m in &order[..nn] {
                 for z in (0..self.nodes[m].nr_zones).rev() {
@@ -751,11 +752,7 @@ impl<P: Platform> Kmm<P> {
             .sum();
         for zone in self.zones() {
             let managed = zone.managed_pages();
-            let mut tmp = if lowmem_pages == 0 {
-                0
-            } else {
-                pages_min * managed / lowmem_pages
-            };
+            let mut tmp = (pages_min * managed).checked_div(lowmem_pages).unwrap_or(0);
             let min = if zone.zone_type().is_highmem() || zone.zone_type() == ZoneType::Movable {
                 (managed / 1024).clamp(32, 128)
             } else {
@@ -831,7 +828,7 @@ pub fn isqrt(x: u64) -> u64 {
     }
     // Newton's method from above converges to the floor of the root.
     let mut r = x;
-    let mut y = (r + 1) / 2;
+    let mut y = r.div_ceil(2);
     while y < r {
         r = y;
         y = (r + x / r) / 2;

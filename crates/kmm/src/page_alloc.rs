@@ -55,12 +55,23 @@ impl<P: Platform> Kmm<P> {
     // ---------------------------------------------------------------- alloc
 
     /// `alloc_pages_node()`: `2^order` contiguous pages, preferring node `nid`.
-    pub fn alloc_pages_node(&self, nid: usize, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
+    pub fn alloc_pages_node(
+        &self,
+        nid: usize,
+        gfp: GfpFlags,
+        order: u32,
+    ) -> Result<&Page, KmmError> {
         self.alloc_pages_on(self.platform.smp_processor_id(), nid, gfp, order)
     }
 
     #[inline]
-    fn alloc_pages_on(&self, cpu: usize, nid: usize, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
+    fn alloc_pages_on(
+        &self,
+        cpu: usize,
+        nid: usize,
+        gfp: GfpFlags,
+        order: u32,
+    ) -> Result<&Page, KmmError> {
         if order >= MAX_ORDER as u32 {
             if !gfp.contains(GfpFlags::__GFP_NOWARN) {
                 self.warn_order(order);
@@ -214,7 +225,14 @@ impl<P: Platform> Kmm<P> {
 
     /// `rmqueue()`: order 0 from the per-CPU list, larger orders from the buddy lists.
     #[inline]
-    fn rmqueue(&self, zone: &Zone, cpu: usize, order: u32, gfp: GfpFlags, local: bool) -> Option<u32> {
+    fn rmqueue(
+        &self,
+        zone: &Zone,
+        cpu: usize,
+        order: u32,
+        gfp: GfpFlags,
+        local: bool,
+    ) -> Option<u32> {
         let map = self.mem_map();
         if order == 0 {
             if let Some(pcp) = zone.pcp.as_slice().get(cpu) {

@@ -47,7 +47,7 @@ impl PhysMem {
         let base = NonNull::new(base).ok_or(KmmError::BadMachine {
             why: "RAM base pointer is null",
         })?;
-        if base.as_ptr() as usize % 4096 != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(4096) {
             return Err(KmmError::BadMachine {
                 why: "RAM base is not page aligned",
             });
@@ -140,7 +140,7 @@ impl PhysMem {
                     what: "table size",
                 })?;
         let p = self.check(phys, bytes)?;
-        if p as usize % core::mem::align_of::<T>() != 0 {
+        if !(p as usize).is_multiple_of(core::mem::align_of::<T>()) {
             return Err(KmmError::InvalidAddress {
                 addr: phys,
                 what: "misaligned table",
