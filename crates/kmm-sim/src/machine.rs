@@ -224,7 +224,10 @@ pub fn split_nodes(map: &[E820Entry], n: usize, align: u64) -> Vec<NodeRange> {
     for &(s, e) in &ram {
         let mut cur = s;
         while nodes.len() + 1 < n && acc + (e - cur) >= want {
-            let cut = (cur + (want - acc)).div_ceil(align) * align;
+            // An earlier cut rounded up to `align` may already be past `want`
+            // (small RAM, many nodes): cut here, and let the empty-node check
+            // below turn that into an error instead of underflowing.
+            let cut = (cur + want.saturating_sub(acc)).div_ceil(align) * align;
             let cut = cut.min(e);
             nodes.push(NodeRange { start, end: cut });
             start = cut;

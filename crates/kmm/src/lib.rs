@@ -30,6 +30,7 @@
 //! | `__free_pages`, `__free_page`, `free_pages`, `free_page` | [`Kmm::__free_pages`], [`Kmm::__free_page`], [`Kmm::free_pages`], [`Kmm::free_page`] |
 //! | `free_hot_page`, `free_cold_page` | [`Kmm::free_hot_page`], [`Kmm::free_cold_page`] |
 //! | `get_page`, `put_page` | [`Kmm::get_page`], [`Kmm::put_page`] |
+//! | `alloc_pages_exact`, `free_pages_exact`, `split_page` | [`Kmm::alloc_pages_exact`], [`Kmm::free_pages_exact`], [`Kmm::split_page`] |
 //! | `get_order` | [`Kmm::get_order`] |
 //! | `drain_all_pages`, `show_mem`, `warn_alloc` | [`Kmm::drain_all_pages`], [`Kmm::show_mem`], [`Kmm::warn_alloc`] |
 //! | `alloc_bootmem`, `alloc_bootmem_low`, `alloc_bootmem_pages`, `alloc_bootmem_low_pages`, `free_bootmem` | [`EarlyBoot::alloc_bootmem`], [`EarlyBoot::alloc_bootmem_low`], [`EarlyBoot::alloc_bootmem_pages`], [`EarlyBoot::alloc_bootmem_low_pages`], [`EarlyBoot::free_bootmem`] |

@@ -804,7 +804,13 @@ impl<P: Platform> Kmm<P> {
             }
             let b = batch + batch / 2;
             let batch = ((1u64 << (63 - b.leading_zeros())) - 1).max(1);
-            let cpus = (self.nodes[zone.nid()].nr_cpus as u64).max(1);
+            // zone_highsize(): split over the node's CPUs; a node without
+            // CPUs splits over all online CPUs, as Linux does (dividing by 1
+            // would let each CPU park the node's whole low watermark).
+            let cpus = match self.nodes[zone.nid()].nr_cpus as u64 {
+                0 => online.max(1),
+                n => n,
+            };
             let high_min = (zone.watermark(crate::mmzone::Watermark::Low) / cpus).max(batch * 4);
             let high_max = (managed / 8 / cpus).max(batch * 4);
             for pcp in zone.pcp.as_slice() {

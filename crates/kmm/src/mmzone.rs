@@ -6,6 +6,7 @@
 //! every CPU.
 
 use crate::list::ListHead;
+use crate::mm_types::{Page, NIL};
 use crate::ram::{RamArray, RamSafe};
 use crate::spinlock::{RawSpinLock, SpinLock};
 use crate::MAX_ORDER;
@@ -178,6 +179,33 @@ impl PerCpuPages {
     pub fn high_max(&self) -> u32 {
         self.high_max.load(Relaxed)
     }
+
+    /// Read-only introspection (for tests and debugging tools): calls
+    /// `f(pfn)` for every page on this per-CPU list, hot end (head) first.
+    ///
+    /// `mem_map` is the machine's page array ([`crate::Kmm::mem_map`]). The
+    /// list lock is held during the walk, so `f` must not call into the page
+    /// allocator. The walk stops after `mem_map.len()` pages or at a link
+    /// outside `mem_map`, so a corrupted list cannot loop forever; compare the
+    /// number of pages seen with [`Self::count`] to detect that.
+    pub fn for_each_page(&self, mem_map: &[Page], f: impl FnMut(u64)) {
+        let _g = self.lock.lock();
+        walk_list(mem_map, self.head.load(Relaxed), f);
+    }
+}
+
+/// Follows `next` links from `head` until [`NIL`], at most `mem_map.len()` steps.
+fn walk_list(mem_map: &[Page], head: u32, mut f: impl FnMut(u64)) {
+    let mut pfn = head;
+    let mut steps = 0;
+    while pfn != NIL && steps < mem_map.len() {
+        let Some(page) = mem_map.get(pfn as usize) else {
+            return;
+        };
+        f(pfn as u64);
+        pfn = page.next.load(Relaxed);
+        steps += 1;
+    }
 }
 
 /// `struct zone`.
@@ -285,6 +313,22 @@ impl Zone {
     pub fn free_area_counts(&self) -> [u64; MAX_ORDER] {
         self.free.lock().nr_free
     }
+    /// Read-only introspection (for tests and debugging tools): calls
+    /// `f(order, pfn)` for the first page of every block on the buddy free
+    /// lists, order 0 first, each list from its head.
+    ///
+    /// `mem_map` is the machine's page array ([`crate::Kmm::mem_map`]). The
+    /// zone lock is held during the walk, so `f` must not call into the page
+    /// allocator. Each list walk stops after `mem_map.len()` blocks or at a
+    /// link outside `mem_map`, so a corrupted list cannot loop forever; compare
+    /// the blocks seen with [`Self::free_area_counts`] to detect that.
+    pub fn for_each_free_block(&self, mem_map: &[Page], mut f: impl FnMut(u32, u64)) {
+        let fa = self.free.lock();
+        for (order, list) in fa.lists.iter().enumerate() {
+            walk_list(mem_map, list.head, |pfn| f(order as u32, pfn));
+        }
+    }
+
     /// This CPU's `per_cpu_pages`, if the zone is populated.
     pub fn pcp(&self, cpu: usize) -> Option<&PerCpuPages> {
         self.pcp.as_slice().get(cpu)

@@ -514,7 +514,18 @@ impl<P: Platform> Kmm<P> {
         if addr == 0 {
             return Ok(());
         }
-        let page = self.virt_to_page(addr)?;
+        let page = match self.virt_to_page(addr) {
+            Ok(page) => page,
+            Err(e) => {
+                // Reported like any bad free, not failed silently.
+                self.bad_page_outside(
+                    addr,
+                    None,
+                    "free_pages() of an address outside the direct map",
+                );
+                return Err(e);
+            }
+        };
         self.__free_pages(page, order)
     }
 
@@ -560,7 +571,17 @@ impl<P: Platform> Kmm<P> {
     }
 
     fn free_pages_common(&self, page: &Page, order: u32, cold: bool) -> Result<(), KmmError> {
-        let pfn = self.page_to_pfn(page)?;
+        let pfn = match self.page_to_pfn(page) {
+            Ok(pfn) => pfn,
+            Err(e) => {
+                // Another machine's descriptor (or a copy): reported like any
+                // bad free, not failed silently.
+                let addr = page as *const Page as u64;
+                let why = "struct page is not in this machine's mem_map";
+                self.bad_page_outside(addr, Some(page), why);
+                return Err(e);
+            }
+        };
         if order >= MAX_ORDER as u32 {
             return Err(KmmError::OrderTooLarge { order });
         }
@@ -751,6 +772,81 @@ impl<P: Platform> Kmm<P> {
         }
         p.printk(format_args!("page dumped because: {reason}"));
         KmmError::BadPageState { pfn, reason }
+    }
+
+    /// [`Self::bad_page`] for a free whose target is no page frame of this
+    /// machine: the same report, naming the address instead of a pfn.
+    fn bad_page_outside(&self, addr: u64, page: Option<&Page>, reason: &'static str) {
+        self.events.bad_pages.fetch_add(1, Relaxed);
+        let p = &self.platform;
+        self.with_current(&mut |_pid, comm| {
+            p.printk(format_args!(
+                "BUG: Bad page state in process {comm}  addr:{addr:#x}"
+            ))
+        });
+        if let Some(page) = page {
+            p.printk(format_args!(
+                "page: refcount:{} mapcount:{} mapping:{:016x} index:{:#x}",
+                page.page_count(),
+                page.page_mapcount(),
+                page.mapping(),
+                page.index()
+            ));
+            p.printk(format_args!(
+                "flags: {}",
+                DisplayPageFlags(page.raw_flags())
+            ));
+        }
+        p.printk(format_args!("page dumped because: {reason}"));
+    }
+
+    /// `split_page()`: turns a non-compound block of `2^order` pages into as
+    /// many independent order-0 pages, each with its own reference.
+    pub fn split_page(&self, page: &Page, order: u32) -> Result<(), KmmError> {
+        let pfn = self.page_to_pfn(page)?;
+        if page.alloc_order() != Some(order) || page.is_head() || page.page_count() != 1 {
+            return Err(self.bad_page(
+                page,
+                pfn,
+                "split_page() of a page that is not a whole non-compound allocation",
+            ));
+        }
+        let map = self.mem_map();
+        for p in &map[pfn as usize..(pfn as usize + (1 << order))] {
+            p.refcount.store(1, Relaxed);
+            p.set_alloc_order(Some(0));
+        }
+        Ok(())
+    }
+
+    /// `alloc_pages_exact()`: `size` bytes of physically contiguous, page
+    /// aligned memory; the pages past `size` in the power-of-two block are
+    /// freed at once. Returns the kernel virtual address.
+    pub fn alloc_pages_exact(&self, size: u64, gfp: GfpFlags) -> Result<u64, KmmError> {
+        if size == 0 {
+            return Err(KmmError::InvalidAddress {
+                addr: 0,
+                what: "alloc_pages_exact size",
+            });
+        }
+        let order = self.get_order(size);
+        let addr = self.__get_free_pages(gfp & !GfpFlags::__GFP_COMP, order)?;
+        let page = self.virt_to_page(addr)?;
+        self.split_page(page, order)?;
+        let used = size.div_ceil(self.page_size());
+        for i in used..(1 << order) {
+            self.free_page(addr + i * self.page_size())?;
+        }
+        Ok(addr)
+    }
+
+    /// `free_pages_exact()`: frees what `alloc_pages_exact(size)` returned.
+    pub fn free_pages_exact(&self, addr: u64, size: u64) -> Result<(), KmmError> {
+        let pages = size.div_ceil(self.page_size());
+        for i in 0..pages {
+            self.free_page(addr + i * self.page_size())?;
+        }
+        Ok(())
     }
 
     // -------------------------------------------------------------- queries
