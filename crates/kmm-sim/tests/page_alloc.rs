@@ -384,3 +384,28 @@ fn stress(ram: u64, nodes: usize, steps: u64, max_held: usize, pressure: bool) {
     assert_eq!(k.nr_free_pages(), boot_free);
     assert_eq!(k.events.bad_pages.load(Relaxed), 0);
 }
+
+/// `alloc_pages_exact()` keeps just the pages asked for and frees the rest of
+/// the power-of-two block at once; `free_pages_exact()` gives those back.
+#[test]
+fn alloc_pages_exact_frees_the_tail() {
+    let m = common::boot("x86_64", 256 << 20, 1, 1);
+    let k = m.kmm();
+    k.drain_all_pages();
+    let before = k.nr_free_pages() + k.nr_pcp_pages();
+    // 5 pages: a block of 8 is taken, 3 go straight back.
+    let addr = k
+        .alloc_pages_exact(5 * 4096, kmm::GfpFlags::GFP_KERNEL)
+        .expect("alloc_pages_exact");
+    assert_eq!(k.nr_free_pages() + k.nr_pcp_pages(), before - 5);
+    for i in 0..5 {
+        let p = k.virt_to_page(addr + i * 4096).unwrap();
+        assert_eq!(p.page_count(), 1, "page {i} has its own reference");
+        assert_eq!(p.alloc_order(), Some(0));
+    }
+    assert!(k.alloc_pages_exact(0, kmm::GfpFlags::GFP_KERNEL).is_err());
+    k.free_pages_exact(addr, 5 * 4096)
+        .expect("free_pages_exact");
+    k.drain_all_pages();
+    assert_eq!(k.nr_free_pages(), before);
+}
