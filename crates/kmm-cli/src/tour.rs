@@ -273,10 +273,12 @@ fn split_and_merge(t: &mut Tour, m: &Machine, boot_buddy: &BuddyCounts) -> Resul
         "alloc_pages(): the buddy allocator splits blocks",
         "alloc_pages(gfp, order) returns 2^order physically contiguous pages. It takes the\n\
          smallest free block that is big enough; a bigger block is split in halves (two\n\
-         \"buddies\"), one half goes back on the next-lower list, until the size is right.",
+         \"buddies\"), one half goes back on the next-lower list, until the size is right.\n\
+         (Orders 0 to 3 are first served from small per-CPU lists, as step 6 shows, so this\n\
+         step uses bigger blocks, which always come straight from the buddy lists.)",
     )?;
     let mut held = Vec::new();
-    for order in [9, 5, 3] {
+    for order in [9, 6, 4] {
         let page = k.alloc_pages(KERNEL, order)?;
         t.say(format!(
             "> alloc_pages(GFP_KERNEL, {order}) = {} pages: {}",

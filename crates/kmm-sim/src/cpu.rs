@@ -683,6 +683,20 @@ impl Cpus {
         )
     }
 
+    /// [`Self::atomic_state`] of `cpu`, for a caller that has just asked
+    /// [`Self::smp_processor_id`] (no second thread-local lookup). An
+    /// out-of-range `cpu` reads as atomic, so a sleeping caller is refused.
+    #[inline]
+    pub fn atomic_state_of(&self, cpu: usize) -> (u32, bool) {
+        match self.cpus.get(cpu) {
+            Some(st) => (
+                st.preempt_count.load(Ordering::Relaxed),
+                st.irqs_disabled.load(Ordering::Relaxed),
+            ),
+            None => (1, true),
+        }
+    }
+
     /// Linux's `irqs_disabled()` on the current CPU.
     #[inline]
     pub fn irqs_disabled(&self) -> bool {

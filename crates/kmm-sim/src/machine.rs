@@ -155,6 +155,10 @@ impl Platform for SimPlatform {
     fn atomic_state(&self) -> (u32, bool) {
         self.cpus.atomic_state()
     }
+    #[inline]
+    fn atomic_state_of(&self, cpu: usize) -> (u32, bool) {
+        self.cpus.atomic_state_of(cpu)
+    }
     fn current_task(&self, f: &mut dyn FnMut(TaskId<'_>)) {
         let t = self.cpus.current_task();
         f(TaskId {

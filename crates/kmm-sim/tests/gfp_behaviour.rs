@@ -388,9 +388,12 @@ fn gfp_zero_clears_dirty_pages() {
 fn pcp_list(k: &K, zone_of: &Alloc) -> Vec<u64> {
     let z = k.page_zone(zone_of.page(k));
     let mut v = Vec::new();
-    z.pcp(0)
-        .unwrap()
-        .for_each_page(k.mem_map(), |pfn| v.push(pfn));
+    // The order-0 list only: that is where single pages go.
+    z.pcp(0).unwrap().for_each_block(k.mem_map(), |order, pfn| {
+        if order == 0 {
+            v.push(pfn)
+        }
+    });
     v
 }
 

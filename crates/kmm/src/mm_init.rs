@@ -505,7 +505,9 @@ impl<P: Platform> EarlyBoot<P> {
                 zone.pcp = self.mem.zeroed_array(at, self.nr_cpus)?;
                 pcp_bytes += bytes;
                 for pcp in zone.pcp.as_slice() {
-                    pcp.set_list(crate::list::ListHead::EMPTY);
+                    for order in 0..crate::mmzone::NR_PCP_LISTS {
+                        pcp.set_list(order, crate::list::ListHead::EMPTY);
+                    }
                 }
             }
         }

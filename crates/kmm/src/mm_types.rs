@@ -225,6 +225,13 @@ impl Page {
         (v != 0).then(|| v as u32 - 1)
     }
 
+    /// [`Self::alloc_order`] of a raw flags word.
+    #[inline]
+    pub(crate) fn alloc_order_of(raw: u64) -> Option<u32> {
+        let v = (raw & ALLOC_ORDER_MASK) >> ALLOC_ORDER_SHIFT;
+        (v != 0).then(|| v as u32 - 1)
+    }
+
     pub(crate) fn set_alloc_order(&self, order: Option<u32>) {
         let bits = order.map_or(0, |o| (o as u64 + 1) << ALLOC_ORDER_SHIFT);
         let f = self.flags.load(Relaxed);

@@ -111,22 +111,28 @@ impl FreeAreas {
     }
 }
 
-/// `struct per_cpu_pages`: one CPU's cache of order-0 pages for one zone.
+/// `NR_PCP_LISTS`: per-CPU lists for orders 0 to `PAGE_ALLOC_COSTLY_ORDER` (3),
+/// as Linux has kept since 5.13.
+pub const NR_PCP_LISTS: usize = 4;
+
+/// `struct per_cpu_pages`: one CPU's cache of free blocks of order 0–3 for
+/// one zone.
 ///
-/// Lives in simulated RAM (Linux: a per-CPU area). Hot pages are at the head,
-/// cold ones at the tail. Fields other than the lock are read and written with
-/// relaxed loads and stores while the lock is held.
+/// Lives in simulated RAM (Linux: a per-CPU area). Hot blocks are at the head
+/// of each list, cold ones at the tail. Fields other than the lock are read
+/// and written with relaxed loads and stores while the lock is held; only the
+/// owning CPU takes the lock, except when another CPU drains the lists.
 #[repr(C, align(64))]
 pub struct PerCpuPages {
     pub(crate) lock: RawSpinLock,
-    /// `count`: pages on the list.
+    /// `count`: pages (not blocks) on the lists.
     pub(crate) count: AtomicU32,
     /// `high`: above this many pages, a batch goes back to the buddy lists.
     pub(crate) high: AtomicU32,
     /// `batch`: pages moved to or from the buddy lists at once.
     pub(crate) batch: AtomicU32,
-    pub(crate) head: AtomicU32,
-    pub(crate) tail: AtomicU32,
+    pub(crate) heads: [AtomicU32; NR_PCP_LISTS],
+    pub(crate) tails: [AtomicU32; NR_PCP_LISTS],
     /// `high_min` / `high_max` as `/proc/zoneinfo` shows them.
     pub(crate) high_min: AtomicU32,
     pub(crate) high_max: AtomicU32,
@@ -142,17 +148,17 @@ unsafe impl RamSafe for PerCpuPages {}
 
 impl PerCpuPages {
     #[inline]
-    pub(crate) fn list(&self) -> ListHead {
+    pub(crate) fn list(&self, order: usize) -> ListHead {
         ListHead {
-            head: self.head.load(Relaxed),
-            tail: self.tail.load(Relaxed),
+            head: self.heads[order].load(Relaxed),
+            tail: self.tails[order].load(Relaxed),
         }
     }
 
     #[inline]
-    pub(crate) fn set_list(&self, l: ListHead) {
-        self.head.store(l.head, Relaxed);
-        self.tail.store(l.tail, Relaxed);
+    pub(crate) fn set_list(&self, order: usize, l: ListHead) {
+        self.heads[order].store(l.head, Relaxed);
+        self.tails[order].store(l.tail, Relaxed);
     }
 
     /// Pages on this CPU's list.
@@ -181,16 +187,21 @@ impl PerCpuPages {
     }
 
     /// Read-only introspection (for tests and debugging tools): calls
-    /// `f(pfn)` for every page on this per-CPU list, hot end (head) first.
+    /// `f(order, pfn)` for every block on this CPU's lists (order 0 first), hot
+    /// end (head) first.
     ///
     /// `mem_map` is the machine's page array ([`crate::Kmm::mem_map`]). The
     /// list lock is held during the walk, so `f` must not call into the page
     /// allocator. The walk stops after `mem_map.len()` pages or at a link
     /// outside `mem_map`, so a corrupted list cannot loop forever; compare the
     /// number of pages seen with [`Self::count`] to detect that.
-    pub fn for_each_page(&self, mem_map: &[Page], f: impl FnMut(u64)) {
+    pub fn for_each_block(&self, mem_map: &[Page], mut f: impl FnMut(u32, u64)) {
         let _g = self.lock.lock();
-        walk_list(mem_map, self.head.load(Relaxed), f);
+        for order in 0..NR_PCP_LISTS {
+            walk_list(mem_map, self.heads[order].load(Relaxed), |pfn| {
+                f(order as u32, pfn)
+            });
+        }
     }
 }
 

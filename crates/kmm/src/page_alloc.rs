@@ -18,8 +18,9 @@
 use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
+use crate::mm_types::NIL;
 use crate::mm_types::{DisplayPageFlags, Page, PageFlags, FLAGS_CHECK_AT_FREE};
-use crate::mmzone::{FreeAreas, Zone};
+use crate::mmzone::{FreeAreas, PerCpuPages, Zone, NR_PCP_LISTS};
 use crate::platform::Platform;
 use crate::MAX_ORDER;
 use core::sync::atomic::Ordering::Relaxed;
@@ -73,17 +74,17 @@ impl<P: Platform> Kmm<P> {
         order: u32,
     ) -> Result<&Page, KmmError> {
         if order >= MAX_ORDER as u32 {
-            if !gfp.contains(GfpFlags::__GFP_NOWARN) {
-                self.warn_order(order);
-            }
-            return Err(KmmError::OrderTooLarge { order });
+            return Err(self.order_too_large(gfp, order));
         }
         let zt = gfp.validate()?;
         if nid >= self.nr_node_ids {
             return Err(KmmError::InvalidNode { nid });
         }
         if gfp.allows_blocking() {
-            self.might_sleep()?;
+            let (pc, irqs) = self.platform.atomic_state_of(cpu);
+            if pc != 0 || irqs {
+                return Err(self.sleep_in_atomic(pc, irqs));
+            }
         }
         let ac = AllocContext {
             cpu,
@@ -97,6 +98,15 @@ impl<P: Platform> Kmm<P> {
             None => self.alloc_pages_slowpath(&ac)?,
         };
         Ok(self.prep_new_page(pfn, order, gfp))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn order_too_large(&self, gfp: GfpFlags, order: u32) -> KmmError {
+        if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+            self.warn_order(order);
+        }
+        KmmError::OrderTooLarge { order }
     }
 
     /// `alloc_pages()`: `2^order` pages from the current CPU's node.
@@ -142,12 +152,10 @@ impl<P: Platform> Kmm<P> {
         self.__get_free_pages(gfp | GfpFlags::__GFP_ZERO, 0)
     }
 
-    /// `might_sleep()`: a sleeping allocation in atomic context is a bug.
-    fn might_sleep(&self) -> Result<(), KmmError> {
-        let (pc, irqs) = self.platform.atomic_state();
-        if pc == 0 && !irqs {
-            return Ok(());
-        }
+    /// `might_sleep()`'s report: a sleeping allocation in atomic context is a bug.
+    #[cold]
+    #[inline(never)]
+    fn sleep_in_atomic(&self, pc: u32, irqs: bool) -> KmmError {
         self.events.sleep_in_atomic.fetch_add(1, Relaxed);
         let p = &self.platform;
         p.printk(format_args!(
@@ -162,10 +170,10 @@ impl<P: Platform> Kmm<P> {
             ))
         });
         p.printk(format_args!("preempt_count: {pc:x}, expected: 0"));
-        Err(KmmError::SleepInAtomic {
+        KmmError::SleepInAtomic {
             preempt_count: pc,
             irqs_disabled: irqs,
-        })
+        }
     }
 
     fn warn_order(&self, order: u32) {
@@ -223,7 +231,8 @@ impl<P: Platform> Kmm<P> {
         None
     }
 
-    /// `rmqueue()`: order 0 from the per-CPU list, larger orders from the buddy lists.
+    /// `rmqueue()`: orders 0–3 from the CPU's per-CPU lists, larger orders
+    /// from the buddy lists.
     #[inline]
     fn rmqueue(
         &self,
@@ -233,31 +242,54 @@ impl<P: Platform> Kmm<P> {
         gfp: GfpFlags,
         local: bool,
     ) -> Option<u32> {
-        let map = self.mem_map();
-        if order == 0 {
+        if (order as usize) < NR_PCP_LISTS {
             if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
-                let _g = pcp.lock.lock();
-                let mut list = pcp.list();
-                let mut count = pcp.count.load(Relaxed);
-                if count == 0 {
-                    count = self.rmqueue_bulk(zone, pcp.batch.load(Relaxed), &mut list);
-                    if count == 0 {
-                        return None;
-                    }
-                }
-                let pfn = if gfp.contains(GfpFlags::__GFP_COLD) {
-                    list.pop_back(map)
-                } else {
-                    list.pop_front(map)
-                }?;
-                pcp.set_list(list);
-                pcp.count.store(count - 1, Relaxed);
-                pcp.pgalloc.store(pcp.pgalloc.load(Relaxed) + 1, Relaxed);
-                let c = if local { &pcp.numa_hit } else { &pcp.numa_miss };
-                c.store(c.load(Relaxed) + 1, Relaxed);
-                return Some(pfn);
+                return self.rmqueue_pcplist(zone, pcp, order, gfp, local);
             }
         }
+        self.rmqueue_buddy(zone, order, local)
+    }
+
+    /// `rmqueue_pcplist()`: pops a block from the per-CPU list of its order
+    /// (the tail for `__GFP_COLD`), refilling the list first if it is empty.
+    #[inline]
+    fn rmqueue_pcplist(
+        &self,
+        zone: &Zone,
+        pcp: &PerCpuPages,
+        order: u32,
+        gfp: GfpFlags,
+        local: bool,
+    ) -> Option<u32> {
+        let map = self.mem_map();
+        let o = order as usize;
+        let _g = pcp.lock.lock();
+        let mut list = pcp.list(o);
+        let mut count = pcp.count.load(Relaxed);
+        if list.head == NIL {
+            let got = self.rmqueue_bulk(zone, order, pcp.batch.load(Relaxed), &mut list);
+            if got == 0 {
+                return None;
+            }
+            count += got << order;
+        }
+        let pfn = if gfp.contains(GfpFlags::__GFP_COLD) {
+            list.pop_back(map)
+        } else {
+            list.pop_front(map)
+        }?;
+        pcp.set_list(o, list);
+        pcp.count.store(count - (1 << order), Relaxed);
+        pcp.pgalloc
+            .store(pcp.pgalloc.load(Relaxed) + (1 << order), Relaxed);
+        let c = if local { &pcp.numa_hit } else { &pcp.numa_miss };
+        c.store(c.load(Relaxed) + 1, Relaxed);
+        Some(pfn)
+    }
+
+    /// Straight from the buddy lists, under the zone lock.
+    #[inline(never)]
+    fn rmqueue_buddy(&self, zone: &Zone, order: u32, local: bool) -> Option<u32> {
         let mut fa = zone.free.lock();
         let pfn = self.rmqueue_smallest(&mut fa, order)?;
         fa.pgalloc += 1 << order;
@@ -270,20 +302,34 @@ impl<P: Platform> Kmm<P> {
         Some(pfn)
     }
 
-    /// `rmqueue_bulk()`: moves up to `batch` order-0 pages to a per-CPU list.
-    /// Returns how many it moved.
-    fn rmqueue_bulk(&self, zone: &Zone, batch: u32, list: &mut crate::list::ListHead) -> u32 {
+    /// `rmqueue_bulk()`: moves blocks of `order` from the buddy lists to a
+    /// per-CPU list: `batch` of them for order 0, `max(batch >> order, 2)`
+    /// for larger orders (`nr_pcp_alloc()`). Returns how many it moved.
+    #[cold]
+    #[inline(never)]
+    fn rmqueue_bulk(
+        &self,
+        zone: &Zone,
+        order: u32,
+        batch: u32,
+        list: &mut crate::list::ListHead,
+    ) -> u32 {
         let map = self.mem_map();
+        let want = if order == 0 {
+            batch
+        } else {
+            (batch >> order).max(2)
+        };
         let mut fa = zone.free.lock();
         let mut n = 0;
-        while n < batch {
-            match self.rmqueue_smallest(&mut fa, 0) {
+        while n < want {
+            match self.rmqueue_smallest(&mut fa, order) {
                 Some(pfn) => list.push_back(map, pfn),
                 None => break,
             }
             n += 1;
         }
-        zone.nr_free_pages.fetch_sub(n as u64, Relaxed);
+        zone.nr_free_pages.fetch_sub((n as u64) << order, Relaxed);
         n
     }
 
@@ -338,6 +384,8 @@ impl<P: Platform> Kmm<P> {
 
     // ------------------------------------------------------------ slow path
 
+    #[cold]
+    #[inline(never)]
     fn alloc_pages_slowpath(&self, ac: &AllocContext) -> Result<u32, KmmError> {
         let gfp = ac.gfp;
         let order = ac.order;
@@ -434,6 +482,8 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// The `nopage:` label: count, warn unless `__GFP_NOWARN`, fail.
+    #[cold]
+    #[inline(never)]
     fn nopage(&self, ac: &AllocContext) -> KmmError {
         self.events.alloc_failures.fetch_add(1, Relaxed);
         if !ac.gfp.contains(GfpFlags::__GFP_NOWARN) {
@@ -585,54 +635,31 @@ impl<P: Platform> Kmm<P> {
         if order >= MAX_ORDER as u32 {
             return Err(KmmError::OrderTooLarge { order });
         }
-        let flags = page.flags();
-        if flags.intersects(FLAGS_CHECK_AT_FREE) {
-            let why = if flags.contains(PageFlags::BUDDY) {
-                "page is already free (double free)"
-            } else if flags.contains(PageFlags::TAIL) {
-                "freeing a tail page of a compound page"
-            } else {
-                "PAGE_FLAGS_CHECK_AT_FREE flag(s) set"
-            };
-            return Err(self.bad_page(page, pfn, why));
+        // free_page_is_bad(), in one look at the flags word: nothing that must
+        // be clear at free, allocated with this very order, not mapped.
+        let raw = page.raw_flags();
+        let sane = raw & FLAGS_CHECK_AT_FREE.bits() == 0
+            && Page::alloc_order_of(raw) == Some(order)
+            && page.mapcount.load(Relaxed) == -1;
+        if !sane {
+            return Err(self.free_check_failed(page, pfn, order));
         }
-        if page.page_count() <= 0 {
+        // put_page_testzero(): only the last reference frees.
+        let old = page.refcount.fetch_sub(1, Relaxed);
+        if old <= 0 {
+            page.refcount.fetch_add(1, Relaxed);
             return Err(self.bad_page(
                 page,
                 pfn,
                 "page_ref underflow: page is already free (double free)",
             ));
         }
-        if page.alloc_order() != Some(order) {
-            return Err(self.bad_page(page, pfn, "freed with an order it was not allocated with"));
-        }
-        if page.mapcount.load(Relaxed) != -1 {
-            return Err(self.bad_page(page, pfn, "nonzero mapcount"));
-        }
-        // put_page_testzero(): only the last reference frees.
-        let mut old = page.refcount.load(Relaxed);
-        loop {
-            if old <= 0 {
-                return Err(self.bad_page(
-                    page,
-                    pfn,
-                    "page_ref underflow: page is already free (double free)",
-                ));
-            }
-            match page
-                .refcount
-                .compare_exchange_weak(old, old - 1, Relaxed, Relaxed)
-            {
-                Ok(_) => break,
-                Err(v) => old = v,
-            }
-        }
         if old != 1 {
             return Ok(());
         }
         // free_pages_prepare()
         page.set_alloc_order(None);
-        if page.is_head() {
+        if raw & PageFlags::HEAD.bits() != 0 {
             let map = self.mem_map();
             page.clear_flags(PageFlags::HEAD);
             for t in pfn + 1..pfn + (1 << order) {
@@ -644,9 +671,9 @@ impl<P: Platform> Kmm<P> {
         page.mapping.store(0, Relaxed);
         page.private.store(0, Relaxed);
         let zone = self.page_zone(page);
-        if order == 0 {
+        if (order as usize) < NR_PCP_LISTS {
             if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
-                self.free_unref_page(zone, pcp, pfn as u32, cold);
+                self.free_unref_page(zone, pcp, pfn as u32, order, cold);
                 return Ok(());
             }
         }
@@ -658,42 +685,76 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
-    /// `free_unref_page()`: to the per-CPU list; past `high`, a batch of the
-    /// coldest pages goes back to the buddy lists.
+    /// Works out which check a free failed, in Linux's order of reasons.
+    #[cold]
+    #[inline(never)]
+    fn free_check_failed(&self, page: &Page, pfn: u64, order: u32) -> KmmError {
+        let flags = page.flags();
+        let why = if flags.contains(PageFlags::BUDDY) || page.page_count() <= 0 {
+            "page_ref underflow: page is already free (double free)"
+        } else if flags.contains(PageFlags::TAIL) {
+            "freeing a tail page of a compound page"
+        } else if flags.intersects(FLAGS_CHECK_AT_FREE) {
+            "PAGE_FLAGS_CHECK_AT_FREE flag(s) set"
+        } else if page.alloc_order() != Some(order) {
+            "freed with an order it was not allocated with"
+        } else {
+            "nonzero mapcount"
+        };
+        self.bad_page(page, pfn, why)
+    }
+
+    /// `free_unref_page()`: to the per-CPU list of the block's order; past
+    /// `high` pages, a batch of the coldest blocks goes back to the buddy lists.
     #[inline]
-    fn free_unref_page(&self, zone: &Zone, pcp: &crate::mmzone::PerCpuPages, pfn: u32, cold: bool) {
+    fn free_unref_page(&self, zone: &Zone, pcp: &PerCpuPages, pfn: u32, order: u32, cold: bool) {
         let map = self.mem_map();
+        let o = order as usize;
         let _g = pcp.lock.lock();
-        let mut list = pcp.list();
+        let mut list = pcp.list(o);
         if cold {
             list.push_back(map, pfn);
         } else {
             list.push_front(map, pfn);
         }
-        let mut count = pcp.count.load(Relaxed) + 1;
-        pcp.pgfree.store(pcp.pgfree.load(Relaxed) + 1, Relaxed);
+        pcp.set_list(o, list);
+        let mut count = pcp.count.load(Relaxed) + (1 << order);
+        pcp.pgfree
+            .store(pcp.pgfree.load(Relaxed) + (1 << order), Relaxed);
         if count >= pcp.high.load(Relaxed) {
-            let n = pcp.batch.load(Relaxed).min(count);
-            self.free_pcppages_bulk(zone, &mut list, n);
-            count -= n;
+            count -= self.free_pcppages_bulk(zone, pcp, pcp.batch.load(Relaxed));
         }
-        pcp.set_list(list);
         pcp.count.store(count, Relaxed);
     }
 
-    /// `free_pcppages_bulk()`: `n` pages from the cold end of a per-CPU list
-    /// back to the buddy lists.
-    fn free_pcppages_bulk(&self, zone: &Zone, list: &mut crate::list::ListHead, n: u32) {
+    /// `free_pcppages_bulk()`: at least `pages` pages' worth of blocks from
+    /// the cold ends of the per-CPU lists (round robin over the orders) back
+    /// to the buddy lists. The caller holds the per-CPU lock. Returns the
+    /// pages freed.
+    #[cold]
+    #[inline(never)]
+    fn free_pcppages_bulk(&self, zone: &Zone, pcp: &PerCpuPages, pages: u32) -> u32 {
         let map = self.mem_map();
         let mut fa = zone.free.lock();
-        let mut done = 0;
-        while done < n {
-            let Some(pfn) = list.pop_back(map) else { break };
-            self.free_one_page(zone, &mut fa, pfn, 0);
-            done += 1;
+        let mut freed = 0u32;
+        let mut o = 0;
+        let mut empty_in_a_row = 0;
+        while freed < pages && empty_in_a_row < NR_PCP_LISTS {
+            let mut list = pcp.list(o);
+            match list.pop_back(map) {
+                Some(pfn) => {
+                    pcp.set_list(o, list);
+                    self.free_one_page(zone, &mut fa, pfn, o as u32);
+                    freed += 1 << o;
+                    empty_in_a_row = 0;
+                }
+                None => empty_in_a_row += 1,
+            }
+            o = (o + 1) % NR_PCP_LISTS;
         }
         drop(fa);
-        zone.nr_free_pages.fetch_add(done as u64, Relaxed);
+        zone.nr_free_pages.fetch_add(freed as u64, Relaxed);
+        freed
     }
 
     /// `__free_one_page()`: inserts a block, merging it with its buddy for as
@@ -737,16 +798,15 @@ impl<P: Platform> Kmm<P> {
         for zone in self.zones() {
             for pcp in zone.pcp.as_slice() {
                 let _g = pcp.lock.lock();
-                let mut list = pcp.list();
-                let n = pcp.count.load(Relaxed);
-                self.free_pcppages_bulk(zone, &mut list, n);
-                pcp.set_list(list);
-                pcp.count.store(0, Relaxed);
+                let left = pcp.count.load(Relaxed) - self.free_pcppages_bulk(zone, pcp, u32::MAX);
+                pcp.count.store(left, Relaxed);
             }
         }
     }
 
     /// `bad_page()`: prints Linux's report and returns the error.
+    #[cold]
+    #[inline(never)]
     fn bad_page(&self, page: &Page, pfn: u64, reason: &'static str) -> KmmError {
         self.events.bad_pages.fetch_add(1, Relaxed);
         let p = &self.platform;
