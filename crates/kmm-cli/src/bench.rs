@@ -16,9 +16,11 @@
 //! and churn only), to show that the fast path does not grow with RAM.
 //!
 //! Every figure is the best of [`Settings::runs`] timed runs of an iteration
-//! count calibrated (after a warm-up) to take about [`Settings::target`]. Each
-//! kmm benchmark must give back every page it took: after it, the per-CPU
-//! lists are drained and `nr_free_pages()` must be what it was before.
+//! count calibrated (after a warm-up) to take about [`Settings::target`]. The
+//! rows of one comparison are timed in interleaved rounds, so that a busy
+//! spell of a shared host slows all of them alike instead of skewing a ratio.
+//! Each kmm benchmark must give back every page it took: after it, the
+//! per-CPU lists are drained and `nr_free_pages()` must be what it was before.
 //!
 //! The output ends with one `ratio <what> <value>` line per comparison.
 
@@ -81,14 +83,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings of `kmm bench pages`: 1 GiB vs 64 GiB, ~150 ms per run,
-    /// best of 3, churn over 4096 live blocks.
+    /// The settings of `kmm bench pages`: 1 GiB vs 64 GiB, ~100 ms per run,
+    /// best of 5, churn over 4096 live blocks.
     pub fn full() -> Settings {
         Settings {
             small_ram: 1 << 30,
             big_ram: 64 << 30,
-            target: Duration::from_millis(150),
-            runs: 3,
+            target: Duration::from_millis(100),
+            runs: 5,
             churn_live: 4096,
             seed: 0x9e37_79b9_7f4a_7c15,
         }
@@ -147,6 +149,16 @@ pub fn pages(s: &Settings, out: &mut dyn FnMut(&str)) -> Result<PagesRatios, Str
         zone.zone_end_pfn()
     ));
 
+    let t = Instant::now();
+    let big = boot(s.big_ram)?;
+    let gkmm = big.kmm();
+    out(&format!(
+        "machine: {} RAM (booted in {:.1} s; mem_map is {} MiB of host memory)",
+        gib(s.big_ram),
+        t.elapsed().as_secs_f64(),
+        gkmm.boot_summary().mem_map_bytes >> 20
+    ));
+
     let label = |who: &str, what: &str, f: Figure, unit: &str| {
         format!(
             "{who:<24}{what:<14}{:>9.1} ns   ({} {unit}/run)",
@@ -154,58 +166,86 @@ pub fn pages(s: &Settings, out: &mut dyn FnMut(&str)) -> Result<PagesRatios, Str
         )
     };
     let kname = format!("kmm {}", gib(s.small_ram));
+    let gname = format!("kmm {}", gib(s.big_ram));
     let bname = "buddy_system_allocator";
+    let free_small = settled_free_pages(kmm);
+    let free_big = settled_free_pages(gkmm);
+    let live = s.churn_live;
 
     // What the loops cost by themselves: part of every figure below.
-    let mut null = NullFrames(0);
-    let n0 = measure(s, |n| pairs(&mut null, 0, n))?;
-    let mut live = Vec::with_capacity(s.churn_live);
-    let nc = measure(s, |n| churn(&mut null, n, s.churn_live, s.seed, &mut live))?;
+    let (mut null0, mut nullc) = (NullFrames(0), NullFrames(0));
+    let mut v = Vec::with_capacity(live);
+    let f = measure_together(
+        s,
+        &mut [
+            Box::new(|n| pairs(&mut null0, 0, n)),
+            Box::new(|n| churn(&mut nullc, n, live, s.seed, &mut v)),
+        ],
+    )?;
     out(&format!(
         "harness alone (no-op allocator, included below): pair {:.1} ns, churn op {:.1} ns",
-        n0.ns, nc.ns
+        f[0].ns, f[1].ns
     ));
     out("");
 
-    let k0 = kmm_figure(kmm, s, Bench::Pair(0))?;
+    let (mut k, mut g) = (KmmFrames(kmm), KmmFrames(gkmm));
+    let f = measure_together(
+        s,
+        &mut [
+            Box::new(|n| pairs(&mut k, 0, n)),
+            Box::new(|n| pairs(&mut *buddy, 0, n)),
+            Box::new(|n| pairs(&mut g, 0, n)),
+        ],
+    )?;
+    let (k0, b0, g0) = (f[0], f[1], f[2]);
+    balanced(kmm, free_small, "order-0 pairs")?;
+    balanced(gkmm, free_big, "order-0 pairs")?;
     out(&label(&kname, "order-0 pair", k0, "pairs"));
-    let b0 = measure(s, |n| pairs(&mut *buddy, 0, n))?;
     out(&label(bname, "order-0 pair", b0, "pairs"));
-    let k3 = kmm_figure(kmm, s, Bench::Pair(3))?;
-    out(&label(&kname, "order-3 pair", k3, "pairs"));
-    let b3 = measure(s, |n| pairs(&mut *buddy, 3, n))?;
-    out(&label(bname, "order-3 pair", b3, "pairs"));
-    let kc = kmm_figure(kmm, s, Bench::Churn)?;
-    out(&label(&kname, "churn op", kc, "ops"));
-    let bc = measure(s, |n| {
-        churn(&mut *buddy, n, s.churn_live, s.seed, &mut live)
-    })?;
-    out(&label(bname, "churn op", bc, "ops"));
-    drop(buddy);
-
-    let t = Instant::now();
-    let big = boot(s.big_ram)?;
-    out(&format!(
-        "(booted the {} machine in {:.1} s; mem_map is {} MiB of host memory)",
-        gib(s.big_ram),
-        t.elapsed().as_secs_f64(),
-        big.kmm().boot_summary().mem_map_bytes >> 20
-    ));
-    let gname = format!("kmm {}", gib(s.big_ram));
-    let g0 = kmm_figure(big.kmm(), s, Bench::Pair(0))?;
     out(&format!(
         "{}   ({:.2}x of {})",
         label(&gname, "order-0 pair", g0, "pairs"),
         g0.ns / k0.ns,
         gib(s.small_ram)
     ));
-    let gc = kmm_figure(big.kmm(), s, Bench::Churn)?;
+
+    let f = measure_together(
+        s,
+        &mut [
+            Box::new(|n| pairs(&mut k, 3, n)),
+            Box::new(|n| pairs(&mut *buddy, 3, n)),
+        ],
+    )?;
+    let (k3, b3) = (f[0], f[1]);
+    balanced(kmm, free_small, "order-3 pairs")?;
+    out(&label(&kname, "order-3 pair", k3, "pairs"));
+    out(&label(bname, "order-3 pair", b3, "pairs"));
+
+    let (mut kv, mut bv, mut gv) = (
+        Vec::with_capacity(live),
+        Vec::with_capacity(live),
+        Vec::with_capacity(live),
+    );
+    let f = measure_together(
+        s,
+        &mut [
+            Box::new(|n| churn(&mut k, n, live, s.seed, &mut kv)),
+            Box::new(|n| churn(&mut *buddy, n, live, s.seed, &mut bv)),
+            Box::new(|n| churn(&mut g, n, live, s.seed, &mut gv)),
+        ],
+    )?;
+    let (kc, bc, gc) = (f[0], f[1], f[2]);
+    balanced(kmm, free_small, "churn")?;
+    balanced(gkmm, free_big, "churn")?;
+    out(&label(&kname, "churn op", kc, "ops"));
+    out(&label(bname, "churn op", bc, "ops"));
     out(&format!(
         "{}   ({:.2}x of {})",
         label(&gname, "churn op", gc, "ops"),
         gc.ns / kc.ns,
         gib(s.small_ram)
     ));
+    drop(buddy);
     drop(big);
 
     let r = PagesRatios {
@@ -217,7 +257,7 @@ pub fn pages(s: &Settings, out: &mut dyn FnMut(&str)) -> Result<PagesRatios, Str
     };
     let target = |what: &str, value: String, ok: bool| {
         let verdict = if ok { "met" } else { "NOT MET" };
-        format!("  {what:<48}{value:>10}  {verdict}")
+        format!("  {what:<52}{value:>9}  {verdict}")
     };
     out("");
     out("targets:");
@@ -470,77 +510,56 @@ fn churn<F: Frames>(
     result.map(|()| elapsed)
 }
 
-/// What a kmm figure measures.
-#[derive(Clone, Copy, Debug)]
-enum Bench {
-    /// Allocate-then-free pairs of this order.
-    Pair(u32),
-    /// The mixed-order churn.
-    Churn,
-}
-
-/// Measures `bench` on `kmm` and checks that it gave back every page.
-fn kmm_figure(kmm: &Kmm<SimPlatform>, s: &Settings, bench: Bench) -> Result<Figure, String> {
-    balanced(kmm, &format!("{bench:?}"), || {
-        let mut f = KmmFrames(kmm);
-        match bench {
-            Bench::Pair(order) => measure(s, |n| pairs(&mut f, order, n)),
-            Bench::Churn => {
-                let mut live = Vec::with_capacity(s.churn_live);
-                measure(s, |n| churn(&mut f, n, s.churn_live, s.seed, &mut live))
-            }
-        }
-    })
-}
-
 /// Free pages once the per-CPU lists are drained back to the buddy lists.
 fn settled_free_pages(kmm: &Kmm<SimPlatform>) -> u64 {
     kmm.drain_all_pages();
     kmm.nr_free_pages()
 }
 
-/// Runs `f` and fails if the machine's free-page count afterwards (per-CPU
-/// lists drained) differs from before.
-fn balanced<T>(
-    kmm: &Kmm<SimPlatform>,
-    what: &str,
-    f: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
-    let before = settled_free_pages(kmm);
-    let r = f()?;
+/// Fails unless the machine, per-CPU lists drained, has `before` free pages
+/// again: a benchmark must give back every page it took.
+fn balanced(kmm: &Kmm<SimPlatform>, before: u64, what: &str) -> Result<(), String> {
     let after = settled_free_pages(kmm);
     if after != before || kmm.nr_pcp_pages() != 0 {
         return Err(format!(
             "benchmark {what} did not give back its pages: {before} free before, {after} after"
         ));
     }
-    Ok(r)
+    Ok(())
 }
 
-/// Calibrates an iteration count so that `timed(n)` takes about `s.target`
-/// (the calibration runs double as the warm-up), then returns the best of
-/// `s.runs` timed runs.
-fn measure(
-    s: &Settings,
-    mut timed: impl FnMut(u64) -> Result<Duration, String>,
-) -> Result<Figure, String> {
+/// A timed loop: runs `n` iterations and returns how long they took.
+type Timed<'a> = Box<dyn FnMut(u64) -> Result<Duration, String> + 'a>;
+
+/// Calibrates an iteration count for each loop so that one run takes about
+/// `s.target` (the calibration runs double as the warm-up), then times
+/// `s.runs` rounds in which every loop runs once in turn, and keeps each
+/// loop's fastest run. Interleaving makes a slow spell of a shared host hit
+/// all the loops of a comparison alike.
+fn measure_together(s: &Settings, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>, String> {
     let target = s.target.as_secs_f64();
-    let mut n: u64 = 256;
-    let iters = loop {
-        let d = timed(n)?.as_secs_f64();
-        if d >= target / 4.0 || n >= 1 << 34 {
-            break ((n as f64 * target / d.max(1e-9)) as u64).max(1);
-        }
-        n *= 4;
-    };
-    let mut best = f64::INFINITY;
-    for _ in 0..s.runs.max(1) {
-        best = best.min(timed(iters)?.as_secs_f64());
+    let mut figures = Vec::with_capacity(loops.len());
+    for timed in loops.iter_mut() {
+        let mut n: u64 = 256;
+        let iters = loop {
+            let d = timed(n)?.as_secs_f64();
+            if d >= target / 4.0 || n >= 1 << 34 {
+                break ((n as f64 * target / d.max(1e-9)) as u64).max(1);
+            }
+            n *= 4;
+        };
+        figures.push(Figure {
+            ns: f64::INFINITY,
+            iters,
+        });
     }
-    Ok(Figure {
-        ns: best * 1e9 / iters as f64,
-        iters,
-    })
+    for _ in 0..s.runs.max(1) {
+        for (timed, f) in loops.iter_mut().zip(figures.iter_mut()) {
+            let ns = timed(f.iters)?.as_secs_f64() * 1e9 / f.iters as f64;
+            f.ns = f.ns.min(ns);
+        }
+    }
+    Ok(figures)
 }
 
 #[cfg(test)]
@@ -600,11 +619,25 @@ mod tests {
         churn(&mut f, 10_000, 64, 7, &mut live).unwrap();
         assert!(live.is_empty());
         assert_eq!(settled_free_pages(kmm), start, "churn");
-        for bench in [Bench::Pair(0), Bench::Pair(3), Bench::Churn] {
-            kmm_figure(kmm, &s, bench).unwrap();
-            assert_eq!(settled_free_pages(kmm), start, "{bench:?}");
-        }
+        let (mut a, mut b, mut c) = (KmmFrames(kmm), KmmFrames(kmm), KmmFrames(kmm));
+        let figures = measure_together(
+            &s,
+            &mut [
+                Box::new(|n| pairs(&mut a, 0, n)),
+                Box::new(|n| pairs(&mut b, 3, n)),
+                Box::new(|n| churn(&mut c, n, s.churn_live, s.seed, &mut live)),
+            ],
+        )
+        .unwrap();
+        assert!(figures.iter().all(|f| f.ns > 0.0 && f.iters > 0));
+        balanced(kmm, start, "all three").unwrap();
+        assert_eq!(settled_free_pages(kmm), start);
         assert_eq!(kmm.nr_pcp_pages(), 0);
+        // A leak is caught.
+        let page = kmm.alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+        assert!(balanced(kmm, start, "leaky").is_err());
+        kmm.__free_pages(page, 0).unwrap();
+        balanced(kmm, start, "fixed").unwrap();
     }
 
     #[test]
