@@ -23,7 +23,7 @@ impl ListHead {
     };
 
     /// `list_add()`: insert at the front.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push_front(&mut self, map: &[Page], pfn: u32) {
         let p = &map[pfn as usize];
         p.prev.store(NIL, Relaxed);
@@ -37,7 +37,7 @@ impl ListHead {
     }
 
     /// `list_add_tail()`: insert at the back.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push_back(&mut self, map: &[Page], pfn: u32) {
         let p = &map[pfn as usize];
         p.next.store(NIL, Relaxed);
@@ -51,7 +51,7 @@ impl ListHead {
     }
 
     /// Removes and returns the first frame.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop_front(&mut self, map: &[Page]) -> Option<u32> {
         let pfn = self.head;
         if pfn == NIL {
@@ -62,7 +62,7 @@ impl ListHead {
     }
 
     /// Removes and returns the last frame.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop_back(&mut self, map: &[Page]) -> Option<u32> {
         let pfn = self.tail;
         if pfn == NIL {
@@ -73,7 +73,7 @@ impl ListHead {
     }
 
     /// `list_del()`: unlinks `pfn`, which must be on this list.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove(&mut self, map: &[Page], pfn: u32) {
         let p = &map[pfn as usize];
         let next = p.next.load(Relaxed);

@@ -83,6 +83,9 @@ pub struct Kmm<P: Platform> {
     pub(crate) zonelists: [Zonelist; MAX_NUMNODES],
     /// `gfp_zone()` answers as zone indices, by [`crate::ZoneType`] (`GFP_ZONE_TABLE`).
     pub(crate) zone_index_of: [u8; 5],
+    /// For each node and highest usable zone index: the first zone of the
+    /// node's zonelist an allocation may use (`ac->preferred_zoneref`).
+    pub(crate) preferred_zone: [[(u8, u8); MAX_NR_ZONES]; MAX_NUMNODES],
     pub(crate) min_free_kbytes: AtomicU64,
     pub(crate) watermark_scale_factor: AtomicU64,
     pub(crate) memblock: SpinLock<Memblock>,

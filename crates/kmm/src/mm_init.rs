@@ -534,6 +534,7 @@ impl<P: Platform> EarlyBoot<P> {
             cpu_to_node: self.cpu_to_node,
             node_distance: self.node_distance,
             zonelists: [Zonelist::EMPTY; MAX_NUMNODES],
+            preferred_zone: [[(0, 0); crate::mmzone::MAX_NR_ZONES]; MAX_NUMNODES],
             zone_index_of: {
                 use crate::mmzone::ZoneType::*;
                 [Dma, Dma32, Normal, HighMem, Movable].map(|z| arch.zone_index(z) as u8)
@@ -722,6 +723,16 @@ impl<P: Platform> Kmm<P> {
                 }
             }
             self.zonelists[nid] = zl;
+            for high in 0..crate::mmzone::MAX_NR_ZONES {
+                // An empty pick (no usable zone) points at an unpopulated
+                // zone, whose missing per-CPU lists send the caller to the walk.
+                self.preferred_zone[nid][high] = zl
+                    .entries()
+                    .iter()
+                    .copied()
+                    .find(|&(_, z)| z as usize <= high)
+                    .unwrap_or((nid as u8, high as u8));
+            }
         }
     }
 

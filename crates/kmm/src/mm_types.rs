@@ -70,6 +70,8 @@ const PAGEFLAGS_MASK: u64 = (1 << 32) - 1;
 /// so a free with the wrong order is caught instead of corrupting the buddy lists.
 const ALLOC_ORDER_SHIFT: u32 = 40;
 const ALLOC_ORDER_MASK: u64 = 0xf << ALLOC_ORDER_SHIFT;
+/// The allocation-order bits of `flags`, for callers that rewrite the word.
+pub(crate) const ALLOC_ORDER_BITS: u64 = ALLOC_ORDER_MASK;
 /// `ZONES_PGSHIFT`: zone index in bits 56–57.
 const ZONE_SHIFT: u32 = 56;
 /// `NODES_PGSHIFT`: node id in bits 58–60.

@@ -18,8 +18,8 @@
 use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
-use crate::mm_types::NIL;
 use crate::mm_types::{DisplayPageFlags, Page, PageFlags, FLAGS_CHECK_AT_FREE};
+use crate::mm_types::{ALLOC_ORDER_BITS, NIL};
 use crate::mmzone::{FreeAreas, PerCpuPages, Zone, NR_PCP_LISTS};
 use crate::platform::Platform;
 use crate::MAX_ORDER;
@@ -93,11 +93,39 @@ impl<P: Platform> Kmm<P> {
             preferred_nid: nid,
             highest_zoneidx: self.zone_index_of[zt as usize] as usize,
         };
-        let pfn = match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
+        // The common case: the first zone of the zonelist has pages above its
+        // low watermark on this CPU's list. Everything else walks the zonelist.
+        let pfn = match self.alloc_from_preferred(&ac) {
             Some(pfn) => pfn,
-            None => self.alloc_pages_slowpath(&ac)?,
+            None => match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
+                Some(pfn) => pfn,
+                None => self.alloc_pages_slowpath(&ac)?,
+            },
         };
         Ok(self.prep_new_page(pfn, order, gfp))
+    }
+
+    /// The first zone `get_page_from_freelist()` would try, without the walk:
+    /// orders 0–3 from the per-CPU list of the preferred zone.
+    #[inline(always)]
+    fn alloc_from_preferred(&self, ac: &AllocContext) -> Option<u32> {
+        let (nid, zidx) = self.preferred_zone[ac.preferred_nid][ac.highest_zoneidx];
+        let zone = &self.nodes[nid as usize].zones[zidx as usize];
+        if ac.order as usize >= NR_PCP_LISTS {
+            return None;
+        }
+        let pcp = zone.pcp.as_slice().get(ac.cpu)?;
+        let mark = zone.watermark[ALLOC_WMARK_LOW as usize].load(Relaxed);
+        if !self.zone_watermark_ok(zone, ac.order, mark, ac.highest_zoneidx, ALLOC_WMARK_LOW) {
+            return None;
+        }
+        self.rmqueue_pcplist(
+            zone,
+            pcp,
+            ac.order,
+            ac.gfp,
+            nid as usize == ac.preferred_nid,
+        )
     }
 
     #[cold]
@@ -208,7 +236,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// `get_page_from_freelist()`: the zonelist walk.
-    #[inline]
+    #[inline(never)]
     fn get_page_from_freelist(&self, ac: &AllocContext, alloc_flags: u32) -> Option<u32> {
         let zl = &self.zonelists[ac.preferred_nid];
         for &(nid, zidx) in zl.entries() {
@@ -252,7 +280,7 @@ impl<P: Platform> Kmm<P> {
 
     /// `rmqueue_pcplist()`: pops a block from the per-CPU list of its order
     /// (the tail for `__GFP_COLD`), refilling the list first if it is empty.
-    #[inline]
+    #[inline(always)]
     fn rmqueue_pcplist(
         &self,
         zone: &Zone,
@@ -657,11 +685,12 @@ impl<P: Platform> Kmm<P> {
         if old != 1 {
             return Ok(());
         }
-        // free_pages_prepare()
-        page.set_alloc_order(None);
+        // free_pages_prepare(): the last reference is gone, nobody else may
+        // touch the descriptor, so one plain store clears order and head bits.
+        page.flags
+            .store(raw & !(ALLOC_ORDER_BITS | PageFlags::HEAD.bits()), Relaxed);
         if raw & PageFlags::HEAD.bits() != 0 {
             let map = self.mem_map();
-            page.clear_flags(PageFlags::HEAD);
             for t in pfn + 1..pfn + (1 << order) {
                 let tp = &map[t as usize];
                 tp.clear_flags(PageFlags::TAIL);
