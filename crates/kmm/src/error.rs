@@ -68,6 +68,11 @@ pub enum KmmError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A mempool call that cannot be honoured.
+    Mempool {
+        /// What went wrong.
+        why: &'static str,
+    },
     /// A fixed-size table (memblock regions, CPUs, nodes) is full.
     TableFull {
         /// Which table.
@@ -100,6 +105,7 @@ impl fmt::Display for KmmError {
             KmmError::InvalidNode { nid } => write!(f, "node {nid} does not exist"),
             KmmError::Memblock { why, size } => write!(f, "memblock: {why} (size {size:#x})"),
             KmmError::BadMachine { why } => write!(f, "cannot boot this machine: {why}"),
+            KmmError::Mempool { why } => write!(f, "mempool: {why}"),
             KmmError::TableFull { what } => write!(f, "{what} table is full"),
         }
     }

@@ -43,6 +43,8 @@
 //! | `preempt_count`, `in_atomic`, `in_interrupt` | [`platform::preempt`] |
 //! | `/proc/buddyinfo`, `/proc/zoneinfo`, `/proc/vmstat` | [`vmstat::buddyinfo`], [`vmstat::zoneinfo`], [`vmstat::vmstat`] |
 //! | `/proc/meminfo` | [`proc_meminfo::meminfo`] |
+//! | `mempool_t`, `mempool_create`, `mempool_alloc`, `mempool_free`, `mempool_resize`, `mempool_destroy` | [`mempool::Mempool`], [`Kmm::mempool_create`], [`Kmm::mempool_alloc`], [`Kmm::mempool_free`], [`Kmm::mempool_resize`], [`Kmm::mempool_destroy`] |
+//! | `mempool_alloc_pages`, `mempool_free_pages` | [`mempool::mempool_alloc_pages`], [`mempool::mempool_free_pages`] |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -51,6 +53,7 @@ pub mod error;
 pub mod gfp;
 pub(crate) mod list;
 pub mod memblock;
+pub mod mempool;
 pub mod mm;
 pub mod mm_init;
 pub mod mm_types;
