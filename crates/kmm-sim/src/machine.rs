@@ -184,6 +184,16 @@ impl Platform for SimPlatform {
     }
 }
 
+/// A size the way a user writes it: `300G`, `64M`, `3K`, or `10 bytes`.
+pub fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// The firmware memory map a QEMU-like PC gives for `ram` bytes: the 640 KiB
 /// base memory, the legacy hole to 1 MiB, RAM below the PCI hole (at most
 /// 3 GiB once RAM reaches 3.5 GiB) and the rest above 4 GiB.
@@ -281,17 +291,17 @@ impl Machine {
         if !kmm::mm_init::PAGE_SIZES.contains(&c.page_size) {
             return Err(SimError::Config(format!(
                 "--page-size {}: choose 4K, 8K, 16K or 64K",
-                c.page_size
+                human_size(c.page_size)
             )));
         }
         let min_ram = 64 << 20;
         let max_ram = c.arch.max_phys.min(256 << 30);
         if c.ram < min_ram || c.ram > max_ram {
             return Err(SimError::Config(format!(
-                "--ram {}M: the {} profile boots with 64M to {}G",
-                c.ram >> 20,
+                "--ram {}: the {} profile boots with 64M to {}",
+                human_size(c.ram),
                 c.arch.name,
-                max_ram >> 30
+                human_size(max_ram)
             )));
         }
         let map = e820_map(c.ram);
