@@ -4,9 +4,10 @@
 use crate::machine::Machine;
 
 /// Files `read` can produce.
-pub const PROC_FILES: [&str; 4] = [
+pub const PROC_FILES: [&str; 5] = [
     "/proc/buddyinfo",
     "/proc/meminfo",
+    "/proc/slabinfo",
     "/proc/vmstat",
     "/proc/zoneinfo",
 ];
@@ -21,6 +22,7 @@ pub fn read(m: &Machine, path: &str) -> Result<String, String> {
         "/proc/zoneinfo" => kmm::vmstat::zoneinfo(k, &mut s),
         "/proc/vmstat" => kmm::vmstat::vmstat(k, &mut s),
         "/proc/meminfo" => kmm::proc_meminfo::meminfo(k, &mut s),
+        "/proc/slabinfo" => kmm::slab_common::slabinfo(k, &mut s),
         _ => {
             return Err(format!(
                 "{path}: no such file (kmm provides {})",

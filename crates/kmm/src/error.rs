@@ -78,6 +78,31 @@ pub enum KmmError {
         /// Which table.
         what: &'static str,
     },
+    /// An argument Linux would reject with `-EINVAL` (a bad cache name or
+    /// size, an overflowing `kcalloc`, ...).
+    InvalidArgument {
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A handle to a slab cache that has been destroyed.
+    StaleCache {
+        /// The slot the handle named.
+        slot: u16,
+    },
+    /// `kmem_cache_destroy` of a cache whose objects are still allocated
+    /// (Linux: "Slab cache still has objects").
+    CacheBusy {
+        /// Objects still allocated.
+        objects: u64,
+    },
+    /// A slab object was freed or found in a state it cannot be in: not an
+    /// object of the cache, a double free, damaged red zones (SLUB's `BUG` reports).
+    BadObject {
+        /// The object's address.
+        addr: u64,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for KmmError {
@@ -107,6 +132,14 @@ impl fmt::Display for KmmError {
             KmmError::BadMachine { why } => write!(f, "cannot boot this machine: {why}"),
             KmmError::Mempool { why } => write!(f, "mempool: {why}"),
             KmmError::TableFull { what } => write!(f, "{what} table is full"),
+            KmmError::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            KmmError::StaleCache { slot } => {
+                write!(f, "slab cache (slot {slot}) has been destroyed")
+            }
+            KmmError::CacheBusy { objects } => {
+                write!(f, "slab cache still has {objects} objects")
+            }
+            KmmError::BadObject { addr, why } => write!(f, "object {addr:#x}: {why}"),
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! This crate is the memory manager itself: boot-time memory (memblock and the
 //! bootmem interface), page descriptors, nodes and zones, GFP flags and the
-//! zoned buddy page allocator with per-CPU page lists. It is `#![no_std]` and
-//! needs no heap: like Linux it keeps its metadata (`mem_map`, the per-CPU
-//! lists) inside the RAM it manages. It reaches the machine only through the
+//! zoned buddy page allocator with per-CPU page lists, slab caches and
+//! kmalloc. It is `#![no_std]` and needs no heap: like Linux it keeps its
+//! metadata (`mem_map`, the per-CPU lists, slab free lists and per-CPU object
+//! arrays) inside the RAM it manages. It reaches the machine only through the
 //! [`Platform`] trait.
 //!
 //! ## Boot
@@ -45,6 +46,18 @@
 //! | `/proc/meminfo` | [`proc_meminfo::meminfo`] |
 //! | `mempool_t`, `mempool_create`, `mempool_alloc`, `mempool_free`, `mempool_resize`, `mempool_destroy` | [`mempool::Mempool`], [`Kmm::mempool_create`], [`Kmm::mempool_alloc`], [`Kmm::mempool_free`], [`Kmm::mempool_resize`], [`Kmm::mempool_destroy`] |
 //! | `mempool_alloc_pages`, `mempool_free_pages` | [`mempool::mempool_alloc_pages`], [`mempool::mempool_free_pages`] |
+//! | `struct kmem_cache`, `kmem_cache_t` | [`KmemCache`] (a handle) |
+//! | `kmem_cache_create`, `kmem_cache_destroy`, `kmem_cache_shrink` | [`Kmm::kmem_cache_create`], [`Kmm::kmem_cache_destroy`], [`Kmm::kmem_cache_shrink`] |
+//! | `kmem_cache_alloc`, `kmem_cache_zalloc`, `kmem_cache_free`, `kmem_cache_size` | [`Kmm::kmem_cache_alloc`], [`Kmm::kmem_cache_zalloc`], [`Kmm::kmem_cache_free`], [`Kmm::kmem_cache_size`] |
+//! | `SLAB_HWCACHE_ALIGN`, `SLAB_CACHE_DMA`, `SLAB_NO_REAP`, `SLAB_RECLAIM_ACCOUNT`, `SLAB_RED_ZONE`, `SLAB_POISON`, `SLAB_STORE_USER`, `SLAB_DEBUG_FLAGS` | [`SlabFlags`], [`slab::SLAB_DEBUG_FLAGS`] |
+//! | a constructor `void (*ctor)(void *)` | [`slab::Ctor`], [`ObjectInit`] |
+//! | `struct array_cache`, `enable_cpucache`, `cache_grow`, `cache_reap` / `shrink_slab` | per-CPU arrays in [`slab`], [`slab::cpucache_limit`], [`Kmm::kmem_cache_alloc`] (refill and grow), [`Kmm::shrink_slab`] |
+//! | `slub_debug=` | [`Kmm::set_slub_debug`], [`Kmm::kmem_cache_set_debug`] |
+//! | `kmalloc`, `kzalloc`, `kcalloc`, `krealloc`, `ksize`, `kfree` | [`Kmm::kmalloc`], [`Kmm::kzalloc`], [`Kmm::kcalloc`], [`Kmm::krealloc`], [`Kmm::ksize`], [`Kmm::kfree`] |
+//! | `kmalloc_index`, `kmalloc_slab`, `kmalloc_size_roundup`, `kmalloc_caches[]` | [`slab_common::kmalloc_index`], [`Kmm::kmalloc_slab`], [`Kmm::kmalloc_size_roundup`], [`slab_common::KMALLOC_SIZES`] |
+//! | `ZERO_SIZE_PTR`, `KMALLOC_MIN_SIZE`, `KMALLOC_MAX_CACHE_SIZE`, `KMALLOC_MAX_SIZE` | [`ZERO_SIZE_PTR`], [`slab_common::KMALLOC_MIN_SIZE`], [`Kmm::kmalloc_max_cache_size`], [`Kmm::kmalloc_max_size`] |
+//! | `kmem_cache_init` | called by [`EarlyBoot::mem_init`] |
+//! | `/proc/slabinfo` | [`slab_common::slabinfo`] (and [`slab_common::slabinfo_detail`]) |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -62,6 +75,8 @@ pub mod page_alloc;
 pub mod platform;
 pub mod proc_meminfo;
 pub mod ram;
+pub mod slab;
+pub mod slab_common;
 pub mod spinlock;
 pub mod vmstat;
 
@@ -75,6 +90,8 @@ pub use mm_types::{Page, PageFlags};
 pub use mmzone::{PerCpuPages, PgData, Watermark, Zone, ZoneType};
 pub use platform::Platform;
 pub use ram::PhysMem;
+pub use slab::{KmemCache, ObjectInit, SlabFlags};
+pub use slab_common::ZERO_SIZE_PTR;
 
 /// `MAX_ORDER`: the buddy lists hold blocks of order 0 to `MAX_ORDER - 1` (10).
 pub const MAX_ORDER: usize = 11;

@@ -24,7 +24,7 @@ pub enum ReserveKind {
     KernelImage,
     /// The page descriptor array.
     MemMap,
-    /// Per-CPU page-list tables.
+    /// Per-CPU tables: the page lists and the boot-time kmalloc caches' object arrays.
     PerCpu,
     /// `alloc_bootmem*()` / `memblock_alloc()` by early code.
     Bootmem,

@@ -63,6 +63,8 @@ pub struct MmEvents {
     pub sleep_in_atomic: AtomicU64,
     /// `drain_all_pages()` calls.
     pub pcp_drains: AtomicU64,
+    /// Slab and kmalloc misuse reports (`BUG <cache>`, bad `kfree`, ...).
+    pub slab_errors: AtomicU64,
 }
 
 /// The memory manager of one machine: nodes, zones, `mem_map` and the page
@@ -93,6 +95,8 @@ pub struct Kmm<P: Platform> {
     pub(crate) totalram_pages: AtomicU64,
     /// Event counters.
     pub events: MmEvents,
+    /// The slab allocator: the cache table and the kmalloc caches.
+    pub(crate) slab: crate::slab::SlabState,
 }
 
 impl<P: Platform> Kmm<P> {

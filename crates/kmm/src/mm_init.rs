@@ -511,6 +511,9 @@ impl<P: Platform> EarlyBoot<P> {
                 }
             }
         }
+        // The kmalloc caches' per-CPU object arrays (SLAB's static boot arrays).
+        let slab_boot =
+            crate::slab_common::reserve_boot_arrays(&mut self.memblock, page_size, self.nr_cpus)?;
 
         let boot = BootSummary {
             physpages: self.memblock.memory.total_size() >> shift,
@@ -545,6 +548,7 @@ impl<P: Platform> EarlyBoot<P> {
             boot,
             totalram_pages: AtomicU64::new(0),
             events: MmEvents::default(),
+            slab: crate::slab::SlabState::new(slab_boot.0, slab_boot.1),
         };
 
         // memblock_free_all(): every whole free page goes to the buddy lists.
@@ -630,6 +634,7 @@ impl<P: Platform> EarlyBoot<P> {
                 secs[0], secs[1], secs[2], secs[3], secs[4]
             );
         }
+        kmm.kmem_cache_init()?;
         Ok(kmm)
     }
 }

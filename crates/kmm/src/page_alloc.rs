@@ -449,7 +449,7 @@ impl<P: Platform> Kmm<P> {
                     .allocstall
                     .fetch_add(1, Relaxed);
             }
-            let progress = self.platform.try_to_free_pages(order, gfp);
+            let progress = self.shrink_slab(gfp) + self.platform.try_to_free_pages(order, gfp);
             reclaimed += progress;
             if let Some(pfn) = self.get_page_from_freelist(ac, alloc_flags) {
                 return Ok(pfn);

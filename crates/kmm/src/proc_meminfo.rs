@@ -1,4 +1,5 @@
-//! `/proc/meminfo` (`fs/proc/meminfo.c`): the fields kmm maintains so far.
+//! `/proc/meminfo` (`fs/proc/meminfo.c`): the fields kmm maintains so far,
+//! in Linux's order.
 
 use crate::mm::Kmm;
 use crate::platform::Platform;
@@ -45,5 +46,10 @@ pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
         line(out, "LowTotal", kb(k.totalram_pages() - ht))?;
         line(out, "LowFree", kb(k.nr_free_pages() - hf))?;
     }
+    let (srec, sunrec) = (k.nr_slab_reclaimable(), k.nr_slab_unreclaimable());
+    line(out, "KReclaimable", kb(srec))?;
+    line(out, "Slab", kb(srec + sunrec))?;
+    line(out, "SReclaimable", kb(srec))?;
+    line(out, "SUnreclaim", kb(sunrec))?;
     Ok(())
 }

@@ -35,6 +35,10 @@ unsafe impl Sync for PhysMem {}
 /// with no padding requirements beyond their alignment.
 pub unsafe trait RamSafe: Sync + Sized {}
 
+// SAFETY: an integer atomic; every bit pattern is a valid value (the entries
+// of a slab cache's per-CPU arrays).
+unsafe impl RamSafe for core::sync::atomic::AtomicU64 {}
+
 impl PhysMem {
     /// Wraps `len` bytes of host memory at `base` as physical addresses `0..len`.
     ///
@@ -124,6 +128,44 @@ impl PhysMem {
     /// Writes a little-endian `u64` at `phys`.
     pub fn write_u64(&self, phys: u64, v: u64) -> Result<(), KmmError> {
         self.write(phys, &v.to_le_bytes())
+    }
+
+    /// A shared view of `count` values of `T` already in RAM at `phys`, without
+    /// touching them: a table another part of the kernel set up earlier and
+    /// reaches through a physical address it stored (a slab cache's per-CPU
+    /// arrays, Linux's `cachep->cpu_cache`).
+    #[inline]
+    pub(crate) fn ram_slice<T: RamSafe>(&self, phys: u64, count: usize) -> Result<&[T], KmmError> {
+        let bytes =
+            count
+                .checked_mul(core::mem::size_of::<T>())
+                .ok_or(KmmError::InvalidAddress {
+                    addr: phys,
+                    what: "table size",
+                })?;
+        let p = self.check(phys, bytes)?;
+        if !(p as usize).is_multiple_of(core::mem::align_of::<T>()) {
+            return Err(KmmError::InvalidAddress {
+                addr: phys,
+                what: "misaligned table",
+            });
+        }
+        // SAFETY: the range is inside the RAM mapping (checked), which outlives
+        // `self` (contract of `new`); `p` is aligned for `T` (checked); every
+        // bit pattern is a valid `T` and all mutation goes through atomics
+        // (`RamSafe`), so shared references for the lifetime of `&self` are sound.
+        Ok(unsafe { core::slice::from_raw_parts(p.cast::<T>(), count) })
+    }
+
+    /// One value of `T` at `phys`, as [`Self::ram_slice`] gives tables.
+    #[inline]
+    pub(crate) fn ram_ref<T: RamSafe>(&self, phys: u64) -> Result<&T, KmmError> {
+        self.ram_slice::<T>(phys, 1)?
+            .first()
+            .ok_or(KmmError::InvalidAddress {
+                addr: phys,
+                what: "table size",
+            })
     }
 
     /// Places a table of `count` values of `T` at `phys`, zero-filled.
