@@ -125,3 +125,60 @@ fn bad_pools_are_errors() {
     k.drain_all_pages();
     assert_eq!(k.nr_free_pages(), before);
 }
+
+/// The seed's pattern: `mempool_create(MIN, mempool_alloc_slab,
+/// mempool_free_slab, cache)`, and a kmalloc pool, both carrying on while
+/// the page allocator has nothing left.
+#[test]
+fn slab_and_kmalloc_pools_make_progress_under_exhaustion() {
+    let m = boot("x86_64", 128 * M, 1, 1);
+    let k = m.kmm();
+    let cache = k
+        .kmem_cache_create("bio", 192, 0, kmm::slab::SlabFlags::empty(), None)
+        .unwrap();
+    let slab_pool = k.mempool_create_slab_pool(8, cache).unwrap();
+    let kmalloc_pool = k.mempool_create_kmalloc_pool(8, 1000).unwrap();
+    assert_eq!(k.mempool_stats(&slab_pool).curr_nr, 8);
+
+    // Use up every page and every free object the cache already has.
+    let held = exhaust(k, GfpFlags::GFP_ATOMIC, 10);
+    let mut objs = Vec::new();
+    while let Ok(o) = k.kmem_cache_alloc(cache, GfpFlags::GFP_ATOMIC | GfpFlags::__GFP_NOWARN) {
+        objs.push(o);
+    }
+    let mut bufs = Vec::new();
+    while let Ok(b) = k.kmalloc(1000, GfpFlags::GFP_ATOMIC | GfpFlags::__GFP_NOWARN) {
+        bufs.push(b);
+    }
+
+    // Both pools still deliver their reserve, and the elements are usable.
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        let e = k
+            .mempool_alloc(&slab_pool, GfpFlags::GFP_ATOMIC)
+            .expect("slab reserve");
+        assert_eq!(k.kmem_cache_size(cache).unwrap(), 192);
+        k.phys().write(k.__pa(e).unwrap(), &[0x5a; 192]).unwrap();
+        got.push(e);
+    }
+    assert!(k.mempool_alloc(&slab_pool, GfpFlags::GFP_ATOMIC).is_err());
+    let b = k
+        .mempool_alloc(&kmalloc_pool, GfpFlags::GFP_ATOMIC)
+        .expect("kmalloc reserve");
+    assert!(k.ksize(b).unwrap() >= 1000);
+
+    k.mempool_free(&kmalloc_pool, b).unwrap();
+    for e in got {
+        k.mempool_free(&slab_pool, e).unwrap();
+    }
+    for o in objs {
+        k.kmem_cache_free(cache, o).unwrap();
+    }
+    for b in bufs {
+        k.kfree(b).unwrap();
+    }
+    free_all(k, held);
+    k.mempool_destroy(slab_pool).map_err(|(e, _)| e).unwrap();
+    k.mempool_destroy(kmalloc_pool).map_err(|(e, _)| e).unwrap();
+    k.kmem_cache_destroy(cache).unwrap();
+}

@@ -45,7 +45,8 @@
 //! | `/proc/buddyinfo`, `/proc/zoneinfo`, `/proc/vmstat` | [`vmstat::buddyinfo`], [`vmstat::zoneinfo`], [`vmstat::vmstat`] |
 //! | `/proc/meminfo` | [`proc_meminfo::meminfo`] |
 //! | `mempool_t`, `mempool_create`, `mempool_alloc`, `mempool_free`, `mempool_resize`, `mempool_destroy` | [`mempool::Mempool`], [`Kmm::mempool_create`], [`Kmm::mempool_alloc`], [`Kmm::mempool_free`], [`Kmm::mempool_resize`], [`Kmm::mempool_destroy`] |
-//! | `mempool_alloc_pages`, `mempool_free_pages` | [`mempool::mempool_alloc_pages`], [`mempool::mempool_free_pages`] |
+//! | `mempool_alloc_pages`, `mempool_free_pages`, `mempool_alloc_slab`, `mempool_free_slab`, `mempool_kmalloc`, `mempool_kfree` | [`mempool::mempool_alloc_pages`], [`mempool::mempool_free_pages`], [`mempool::mempool_alloc_slab`], [`mempool::mempool_free_slab`], [`mempool::mempool_kmalloc`], [`mempool::mempool_kfree`] |
+//! | `mempool_create_slab_pool`, `mempool_create_kmalloc_pool`, `mempool_create_page_pool` | [`Kmm::mempool_create_slab_pool`], [`Kmm::mempool_create_kmalloc_pool`], [`Kmm::mempool_create_page_pool`] |
 //! | `struct kmem_cache`, `kmem_cache_t` | [`KmemCache`] (a handle) |
 //! | `kmem_cache_create`, `kmem_cache_destroy`, `kmem_cache_shrink` | [`Kmm::kmem_cache_create`], [`Kmm::kmem_cache_destroy`], [`Kmm::kmem_cache_shrink`] |
 //! | `kmem_cache_alloc`, `kmem_cache_zalloc`, `kmem_cache_free`, `kmem_cache_size` | [`Kmm::kmem_cache_alloc`], [`Kmm::kmem_cache_zalloc`], [`Kmm::kmem_cache_free`], [`Kmm::kmem_cache_size`] |

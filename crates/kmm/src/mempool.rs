@@ -305,3 +305,77 @@ pub fn mempool_free_pages<P: Platform>(
 ) -> Result<(), KmmError> {
     k.free_pages(element, order as u32)
 }
+
+/// `mempool_alloc_slab()`: a back end of slab objects; `pool_data` is the
+/// cache ([`crate::slab::KmemCache::to_raw`]).
+pub fn mempool_alloc_slab<P: Platform>(
+    k: &Kmm<P>,
+    gfp: GfpFlags,
+    cache: u64,
+) -> Result<u64, KmmError> {
+    let c = crate::slab::KmemCache::from_raw(cache).ok_or(KmmError::Mempool {
+        why: "pool_data does not name a slab cache",
+    })?;
+    k.kmem_cache_alloc(c, gfp)
+}
+
+/// `mempool_free_slab()`.
+pub fn mempool_free_slab<P: Platform>(
+    k: &Kmm<P>,
+    element: u64,
+    cache: u64,
+) -> Result<(), KmmError> {
+    let c = crate::slab::KmemCache::from_raw(cache).ok_or(KmmError::Mempool {
+        why: "pool_data does not name a slab cache",
+    })?;
+    k.kmem_cache_free(c, element)
+}
+
+/// `mempool_kmalloc()`: a back end of `kmalloc(size)`; `pool_data` is the size.
+pub fn mempool_kmalloc<P: Platform>(k: &Kmm<P>, gfp: GfpFlags, size: u64) -> Result<u64, KmmError> {
+    k.kmalloc(size as usize, gfp)
+}
+
+/// `mempool_kfree()`.
+pub fn mempool_kfree<P: Platform>(k: &Kmm<P>, element: u64, _size: u64) -> Result<(), KmmError> {
+    k.kfree(element)
+}
+
+impl<P: Platform> Kmm<P> {
+    /// `mempool_create_slab_pool()`: `min_nr` objects of `cache` in reserve.
+    pub fn mempool_create_slab_pool(
+        &self,
+        min_nr: usize,
+        cache: crate::slab::KmemCache,
+    ) -> Result<Mempool<P>, KmmError> {
+        self.mempool_create(
+            min_nr,
+            mempool_alloc_slab,
+            mempool_free_slab,
+            cache.to_raw(),
+        )
+    }
+
+    /// `mempool_create_kmalloc_pool()`: `min_nr` buffers of `size` bytes.
+    pub fn mempool_create_kmalloc_pool(
+        &self,
+        min_nr: usize,
+        size: usize,
+    ) -> Result<Mempool<P>, KmmError> {
+        self.mempool_create(min_nr, mempool_kmalloc, mempool_kfree, size as u64)
+    }
+
+    /// `mempool_create_page_pool()`: `min_nr` blocks of `2^order` pages.
+    pub fn mempool_create_page_pool(
+        &self,
+        min_nr: usize,
+        order: u32,
+    ) -> Result<Mempool<P>, KmmError> {
+        self.mempool_create(
+            min_nr,
+            mempool_alloc_pages,
+            mempool_free_pages,
+            order as u64,
+        )
+    }
+}
