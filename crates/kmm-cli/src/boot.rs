@@ -42,10 +42,10 @@ fn parse_count(s: &str) -> Result<usize, String> {
     })
 }
 
-/// The shape of the machine to boot and the files to print; every default is
-/// the tour's machine, `kmm_sim::MachineConfig::default()`.
+/// The shape of the machine to boot; every default is the tour's machine,
+/// `kmm_sim::MachineConfig::default()`. Shared by `kmm boot` and `kmm slabtop`.
 #[derive(Args, Debug)]
-pub struct BootArgs {
+pub struct MachineArgs {
     /// Architecture profile: x86 (32-bit, with HighMem) or x86_64.
     #[arg(long, value_name = "x86|x86_64", default_value_t = ArchArg(MachineConfig::default().arch))]
     pub arch: ArchArg,
@@ -61,13 +61,9 @@ pub struct BootArgs {
     /// Number of NUMA nodes (1-8); RAM is split evenly among them.
     #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = parse_count, default_value_t = MachineConfig::default().nodes)]
     pub nodes: usize,
-    /// After booting, print this /proc file (repeatable): /proc/buddyinfo,
-    /// /proc/zoneinfo, /proc/meminfo or /proc/vmstat.
-    #[arg(long, value_name = "PATH")]
-    pub cat: Vec<String>,
 }
 
-impl BootArgs {
+impl MachineArgs {
     /// The machine these arguments describe.
     pub fn config(&self) -> MachineConfig {
         MachineConfig {
@@ -77,6 +73,25 @@ impl BootArgs {
             cpus: self.cpus,
             nodes: self.nodes,
         }
+    }
+}
+
+/// `kmm boot`: the machine to boot and the files to print.
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    /// The machine.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// After booting, print this /proc file (repeatable): /proc/buddyinfo,
+    /// /proc/zoneinfo, /proc/meminfo, /proc/slabinfo or /proc/vmstat.
+    #[arg(long, value_name = "PATH")]
+    pub cat: Vec<String>,
+}
+
+impl BootArgs {
+    /// The machine these arguments describe.
+    pub fn config(&self) -> MachineConfig {
+        self.machine.config()
     }
 }
 

@@ -7,6 +7,7 @@
 //! |-----------------------|--------------|
 //! | `kmm` / `kmm tour`    | [`tour`]     |
 //! | `kmm boot ...`        | [`boot`]     |
+//! | `kmm slabtop ...`     | [`slabtop`] (after a [`workload`]) |
 //! | `kmm bench pages`     | [`bench`]    |
 //!
 //! Every failure ends as one `kmm: <what was wrong>` line on stderr and exit
@@ -15,7 +16,9 @@
 mod bench;
 mod boot;
 mod size;
+mod slabtop;
 mod tour;
+mod workload;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -38,6 +41,8 @@ enum Command {
     Tour,
     /// Boot a machine, print its boot log, then each file given with --cat.
     Boot(boot::BootArgs),
+    /// Boot a machine, run a workload, then list the slab caches like `slabtop -o`.
+    Slabtop(slabtop::SlabtopArgs),
     /// Run a benchmark and print ns per operation and ratios.
     Bench {
         /// Which benchmark: `pages` (the page allocator).
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None | Some(Command::Tour) => tour::run(&mut out),
         Some(Command::Boot(args)) => boot::run(args, &mut out),
+        Some(Command::Slabtop(args)) => slabtop::run(args, &mut out),
         Some(Command::Bench { what }) => {
             // The benchmark prints for itself; nothing is buffered here.
             let _ = out.flush();
@@ -272,10 +278,235 @@ mod tests {
             "page allocation failure: order:3",
             "reserved by alloc_bootmem*",
             "for_each_online_cpu() sum: packets_received 3000",
+            // kmalloc
+            "ksize     8 (   7 unused)   from kmalloc-8",
+            "from kmalloc-96",
+            "from kmalloc-192",
+            "from kmalloc-4k",
+            "page allocator: an order-2 block (PG_slab clear)",
+            "the smallest object: 8 bytes",
+            "< 2 * n for every n from 9 to 4194304: yes",
+            "KMALLOC_MAX_SIZE = 4M",
+            "> kmalloc(KMALLOC_MAX_SIZE + 1) = Err(",
+            "size 4194305 > KMALLOC_MAX_SIZE 4194304",
+            "= 0x10: ZERO_SIZE_PTR: yes",
+            "from dma-kmalloc-128, in zone DMA: yes",
+            "> kmalloc(100, GFP_KERNEL|__GFP_HIGHMEM) = Err(",
+            "Unexpected gfp: 0xd2",
+            "> kfree(NULL) = Ok",
+            "BUG kmalloc-96 (Not tainted): Invalid object pointer",
+            "was not returned by kmalloc",
+            // testslab
+            "\"constructor is running....\" x 128",
+            "kmem_cache_info: ctor_calls = 256",
+            "student id is: -1, student name is: (null)",
+            "student id is: 1, student name is: \"wyb1\"",
+            "hold the constructor's state (id -1, name NULL): yes",
+            "not constructed again: yes",
+            "\ntestslab               0      0",
+            "Objects remaining in testslab on __kmem_cache_shutdown()",
+            "kmem_cache_destroy testslab: Slab cache still has objects",
+            "went with kmem_cache_destroy(): yes",
+            "refused while an object was in use: yes",
+            // scullc
+            "the same bytes: yes",
+            "\nscullc                25     25   4032    1    1",
+            "kmem_cache_destroy(scullc_cache) = Ok",
+            // colouring
+            "wrapping round after the last colour: yes",
+            // debugging
+            "BUG dbgtest (Not tainted): Redzone overwritten",
+            "BUG dbgtest (Not tainted): Poison overwritten",
+            "BUG dbgtest (Not tainted): Object already free",
+            "First byte 0x0 instead of 0xcc",
+            "the overrun yes, the use after free yes, the double free yes",
+            // mempool
+            "the page allocator is empty: yes",
+            "mempool_create(MY_POOL_MINIMUM = 4, mempool_alloc_slab, mempool_free_slab, cache): 4 objects in reserve",
+            "then 4 from the reserve",
+            "> mempool_alloc(pool, GFP_ATOMIC) = Err(",
+            "the reserve is empty: yes",
+            "mempool_alloc(pool, GFP_KERNEL) sleeps: yes",
+            "the element just freed: yes",
+            "curr_nr 4 of min_nr 4",
+            "kmem_cache_destroy(cache) = Ok",
+            "free pages as before the pool (the kmalloc caches shrunk too): yes",
+            // totals
+            "SReclaimable:        384 kB",
+            "no large kmalloc is live): yes",
+            "  OBJS ACTIVE  USE OBJ SIZE  SLABS OBJ/SLAB CACHE SIZE NAME",
+            "every slab page back with the page allocator: yes",
             "$ cat /proc/vmstat",
+            "Slab:                  0 kB",
             "buddy lists as after boot: yes",
         ] {
             assert!(text.contains(expected), "missing {expected:?}:\n{text}");
         }
+    }
+
+    fn slabtop_args(args: &[&str]) -> slabtop::SlabtopArgs {
+        let cli = parse(&[&["slabtop"], args].concat()).unwrap();
+        let Some(Command::Slabtop(a)) = cli.command else {
+            panic!("not slabtop");
+        };
+        a
+    }
+
+    fn slabtop_text(args: &[&str]) -> String {
+        let mut out = Vec::new();
+        slabtop::run(&slabtop_args(args), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The rows of a listing: the numbers and the name.
+    fn slabtop_rows(text: &str) -> Vec<(Vec<f64>, String)> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("  OBJS ACTIVE"))
+            .skip(1)
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let nums = w[..7]
+                    .iter()
+                    .map(|x| x.trim_end_matches(['%', 'K']).parse().unwrap())
+                    .collect();
+                (nums, w[7].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slabtop_lists_the_workload_like_slabtop() {
+        let text = slabtop_text(&[]);
+        for expected in [
+            "workload scull",
+            " Active / Total Objects (% used)    : ",
+            " Active / Total Slabs (% used)      : ",
+            " Active / Total Caches (% used)     : ",
+            " Active / Total Size (% used)       : ",
+            " Minimum / Average / Maximum Object : 0.01K / ",
+            "\n\n  OBJS ACTIVE  USE OBJ SIZE  SLABS OBJ/SLAB CACHE SIZE NAME\n",
+            "   263    263 100%    3.94K    263        1      1052K scullc\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?}:\n{text}");
+        }
+        let rows = slabtop_rows(&text);
+        let names: Vec<&str> = rows.iter().map(|(_, n)| n.as_str()).collect();
+        for name in [
+            "testslab",
+            "scullc",
+            "dentry",
+            "kmalloc-8",
+            "dma-kmalloc-8k",
+        ] {
+            assert!(names.contains(&name), "{name} missing:\n{text}");
+        }
+        // Sorted by objects, largest first; cache size = slabs x pages x 4K.
+        assert!(rows.windows(2).all(|w| w[0].0[0] >= w[1].0[0]), "{text}");
+        for (n, name) in &rows {
+            assert!(n[1] <= n[0], "{name}: more active than total");
+            assert_eq!(n[6] as u64 % 4, 0, "{name}: cache size");
+            assert!(n[4] * n[5] >= n[0], "{name}: slabs x objects per slab");
+        }
+    }
+
+    #[test]
+    fn slabtop_sorts_by_every_key() {
+        for (key, col) in [
+            ("a", Some(1)),
+            ("b", Some(5)),
+            ("c", Some(6)),
+            ("l", Some(4)),
+            ("o", Some(0)),
+            ("s", Some(3)),
+            ("u", Some(2)),
+            ("n", None),
+            ("v", None),
+            ("p", None),
+        ] {
+            let text = slabtop_text(&["--sort", key]);
+            let rows = slabtop_rows(&text);
+            assert_eq!(rows.len(), 29, "{key}: {text}");
+            match col {
+                Some(c) => assert!(
+                    rows.windows(2).all(|w| w[0].0[c] >= w[1].0[c]),
+                    "-s {key}:\n{text}"
+                ),
+                None if key == "n" => {
+                    assert!(rows.windows(2).all(|w| w[0].1 <= w[1].1), "{text}")
+                }
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn slabtop_without_a_workload_shows_the_boot_caches() {
+        let text = slabtop_text(&["--workload", "none", "--ram", "64M", "--cpus", "1"]);
+        let rows = slabtop_rows(&text);
+        assert_eq!(
+            rows.len(),
+            26,
+            "kmalloc-8..8k and dma-kmalloc-8..8k:\n{text}"
+        );
+        assert!(rows.iter().all(|(n, _)| n[0] == 0.0), "{text}");
+        assert!(text.contains("Active / Total Caches (% used)     : 0 / 26 (0.0%)"));
+    }
+
+    #[test]
+    fn slabtop_runs_on_other_machines() {
+        for args in [
+            &["--arch", "x86", "--ram", "64M"][..],
+            &["--page-size", "64K", "--ram", "128M", "--cpus", "4"],
+            &["--nodes", "2", "--ram", "256M"],
+        ] {
+            let text = slabtop_text(args);
+            assert!(text.contains(" scullc\n"), "{args:?}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn slabtop_refuses_bad_arguments() {
+        for (args, what) in [
+            (&["slabtop", "--sort", "x"][..], "'x' is not a sort key"),
+            (&["slabtop", "-s", "ab"], "'ab' is not a sort key"),
+            (&["slabtop", "-s", ""], "'' is not a sort key"),
+            (&["slabtop", "--workload", "fio"], "invalid value 'fio'"),
+            (&["slabtop", "--ram", "1.5G"], "fractions"),
+        ] {
+            let msg = parse(args).unwrap_err().render().to_string();
+            assert!(msg.contains(what), "{args:?}: {msg}");
+        }
+        let mut out = Vec::new();
+        let err = slabtop::run(&slabtop_args(&["--ram", "1M"]), &mut out).unwrap_err();
+        assert!(matches!(err, Error::Msg(_)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn boot_cats_every_proc_file_and_its_help_names_them() {
+        let help = Cli::command()
+            .find_subcommand_mut("boot")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for path in kmm_sim::procfs::PROC_FILES {
+            assert!(help.contains(path), "boot --help lacks {path}:\n{help}");
+            let Some(Command::Boot(a)) = parse(&["boot", "--cat", path]).unwrap().command else {
+                panic!("not boot");
+            };
+            let mut out = Vec::new();
+            boot::run(&a, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains(&format!("$ cat {path}\n")), "{path}");
+        }
+        let Some(Command::Boot(a)) = parse(&["boot", "--cat", "/proc/slabinfo"]).unwrap().command
+        else {
+            panic!("not boot");
+        };
+        let mut out = Vec::new();
+        boot::run(&a, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("slabinfo - version: 2.1\n"), "{text}");
+        assert!(text.contains("\nkmalloc-96             0      0     96   42    1 :"));
     }
 }

@@ -7,6 +7,8 @@
 //! and the calls themselves with their results (lines starting with `>`).
 //! Nothing here computes a result on its own; the tour only calls and prints.
 
+mod slab;
+
 use crate::boot::struct_page_overhead;
 use crate::size::format_size;
 use crate::Error;
@@ -241,20 +243,23 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     fragmentation(&mut t, &m, &boot_buddy)?;
     bootmem(&mut t, &memory_line)?;
     per_cpu_variables(&mut t, &m)?;
+    slab::steps(&mut t, &m)?;
 
     t.step(
         "What the kernel counted",
         "/proc/vmstat keeps the page allocator's event counters (pages allocated per zone,\n\
-         pages freed), /proc/meminfo the totals. Every page the tour took has been given back.",
+         pages freed), /proc/meminfo the totals. Every page and every object the tour took has\n\
+         been given back.",
     )?;
     t.cat(&m, "/proc/vmstat")?;
     t.cat(&m, "/proc/meminfo")?;
     let ev = &k.events;
     t.say(format!(
-        "> events: {} allocation failures, {} \"Bad page state\" reports, {} sleeping-in-atomic reports, {} kswapd wake-ups",
+        "> events: {} allocation failures, {} \"Bad page state\" reports, {} sleeping-in-atomic reports, {} slab reports, {} kswapd wake-ups",
         ev.alloc_failures.load(Relaxed),
         ev.bad_pages.load(Relaxed),
         ev.sleep_in_atomic.load(Relaxed),
+        ev.slab_errors.load(Relaxed),
         ev.kswapd_wakeups.load(Relaxed),
     ))?;
     t.say(format!(
@@ -262,7 +267,10 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
         k.nr_free_pages(),
         yes(buddy_counts(k) == boot_buddy)
     ))?;
-    t.say("\nThat is all kmm does so far. `kmm boot --help` boots machines of other shapes.")?;
+    t.say(
+        "\nThat is all kmm does so far. `kmm boot --help` boots machines of other shapes;\n\
+         `kmm slabtop --help` lists their slab caches after a workload.",
+    )?;
     Ok(())
 }
 
