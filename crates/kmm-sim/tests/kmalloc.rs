@@ -151,7 +151,14 @@ fn large_kmalloc() {
     assert_eq!(k.ksize(biggest).unwrap(), 4 << 20);
     write(k, biggest + (4 << 20) - 1, &[1]);
     let e = k.kmalloc((4 << 20) + 1, GFP).unwrap_err();
-    assert_eq!(e, KmmError::OrderTooLarge { order: 11 });
+    assert_eq!(
+        e,
+        KmmError::TooLarge {
+            size: (4 << 20) + 1,
+            max: 4 << 20,
+            what: "KMALLOC_MAX_SIZE"
+        }
+    );
     let log = m.take_log();
     assert!(
         logged(&log, "size 4194305 > KMALLOC_MAX_SIZE 4194304"),

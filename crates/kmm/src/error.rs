@@ -68,6 +68,15 @@ pub enum KmmError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A request above a fixed limit (`KMALLOC_MAX_SIZE`, ...).
+    TooLarge {
+        /// Bytes asked for.
+        size: u64,
+        /// The limit.
+        max: u64,
+        /// The limit's Linux name.
+        what: &'static str,
+    },
     /// A mempool call that cannot be honoured.
     Mempool {
         /// What went wrong.
@@ -130,6 +139,9 @@ impl fmt::Display for KmmError {
             KmmError::InvalidNode { nid } => write!(f, "node {nid} does not exist"),
             KmmError::Memblock { why, size } => write!(f, "memblock: {why} (size {size:#x})"),
             KmmError::BadMachine { why } => write!(f, "cannot boot this machine: {why}"),
+            KmmError::TooLarge { size, max, what } => {
+                write!(f, "{size} bytes is above {what} ({max} bytes)")
+            }
             KmmError::Mempool { why } => write!(f, "mempool: {why}"),
             KmmError::TableFull { what } => write!(f, "{what} table is full"),
             KmmError::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
@@ -137,7 +149,8 @@ impl fmt::Display for KmmError {
                 write!(f, "slab cache (slot {slot}) has been destroyed")
             }
             KmmError::CacheBusy { objects } => {
-                write!(f, "slab cache still has {objects} objects")
+                let s = if objects == 1 { "" } else { "s" };
+                write!(f, "slab cache still has {objects} object{s}")
             }
             KmmError::BadObject { addr, why } => write!(f, "object {addr:#x}: {why}"),
         }

@@ -282,7 +282,6 @@ impl<P: Platform> Kmm<P> {
     #[cold]
     #[inline(never)]
     fn kmalloc_large(&self, size: usize, gfp: GfpFlags) -> Result<u64, KmmError> {
-        let order = self.get_order(size as u64);
         if size > self.kmalloc_max_size() {
             if !gfp.contains(GfpFlags::__GFP_NOWARN) {
                 let p = &self.platform;
@@ -295,7 +294,11 @@ impl<P: Platform> Kmm<P> {
                     ))
                 });
             }
-            return Err(KmmError::OrderTooLarge { order });
+            return Err(KmmError::TooLarge {
+                size: size as u64,
+                max: self.kmalloc_max_size() as u64,
+                what: "KMALLOC_MAX_SIZE",
+            });
         }
         if gfp.intersects(GfpFlags::__GFP_HIGHMEM | GfpFlags::__GFP_DMA32) {
             self.platform.printk(format_args!(
@@ -308,6 +311,7 @@ impl<P: Platform> Kmm<P> {
                 why: "kmalloc cannot use __GFP_HIGHMEM or __GFP_DMA32",
             });
         }
+        let order = self.get_order(size as u64);
         let page = self.alloc_pages(gfp | GfpFlags::__GFP_COMP, order)?;
         let Some(addr) = self.page_address(page) else {
             let _ = self.__free_pages(page, order);
