@@ -23,6 +23,12 @@
 //! per-CPU lists are drained and `nr_free_pages()` must be what it was before.
 //!
 //! The output ends with one `ratio <what> <value>` line per comparison.
+//!
+//! `kmm bench slab` (the slab layer and kmalloc against the object
+//! allocators of crates.io) lives in [`slab`] and shares the timing harness
+//! of this module.
+
+mod slab;
 
 use buddy_system_allocator::FrameAllocator;
 use kmm::{GfpFlags, Kmm, Page, ZoneType, MAX_ORDER};
@@ -32,26 +38,31 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The benchmarks `kmm bench` knows, with a line about each.
-pub const BENCHMARKS: &[(&str, &str)] = &[(
-    "pages",
-    "page allocator: order-0/order-3 pairs and a mixed churn, kmm vs buddy_system_allocator, 1 GiB vs 64 GiB",
-)];
+pub const BENCHMARKS: &[(&str, &str)] = &[
+    (
+        "pages",
+        "page allocator: order-0/order-3 pairs and a mixed churn, kmm vs buddy_system_allocator, 1 GiB vs 64 GiB",
+    ),
+    (
+        "slab",
+        "slab caches and kmalloc: 64-byte cache pairs, kmalloc pairs of 8-4096 bytes, producer/consumer on 2 CPUs, 1M live objects; kmm vs slabmalloc, talc, linked_list_allocator, buddy_system_allocator, System, mimalloc",
+    ),
+];
 
 /// Runs the benchmark named `what`, printing its report to stdout.
 ///
 /// An unknown name is an error that lists the known benchmarks.
 pub fn run(what: &str) -> Result<(), String> {
+    let stdout = std::io::stdout();
+    let mut out = |line: &str| {
+        let mut o = stdout.lock();
+        // A closed stdout only loses the report, not the measurement.
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    };
     match what {
-        "pages" => {
-            let stdout = std::io::stdout();
-            let mut out = |line: &str| {
-                let mut o = stdout.lock();
-                // A closed stdout only loses the report, not the measurement.
-                let _ = writeln!(o, "{line}");
-                let _ = o.flush();
-            };
-            pages(&Settings::full(), &mut out).map(drop)
-        }
+        "pages" => pages(&Settings::full(), &mut out).map(drop),
+        "slab" => slab::slab(&slab::SlabSettings::full(), &mut out).map(drop),
         _ => {
             let known: Vec<String> = BENCHMARKS
                 .iter()
@@ -537,7 +548,13 @@ type Timed<'a> = Box<dyn FnMut(u64) -> Result<Duration, String> + 'a>;
 /// loop's fastest run. Interleaving makes a slow spell of a shared host hit
 /// all the loops of a comparison alike.
 fn measure_together(s: &Settings, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>, String> {
-    let target = s.target.as_secs_f64();
+    measure(s.target, s.runs, loops)
+}
+
+/// [`measure_together`] with the run length `target` and the number of
+/// timed rounds `runs` given directly.
+fn measure(target: Duration, runs: usize, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>, String> {
+    let target = target.as_secs_f64();
     let mut figures = Vec::with_capacity(loops.len());
     for timed in loops.iter_mut() {
         let mut n: u64 = 256;
@@ -553,7 +570,7 @@ fn measure_together(s: &Settings, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>
             iters,
         });
     }
-    for _ in 0..s.runs.max(1) {
+    for _ in 0..runs.max(1) {
         for (timed, f) in loops.iter_mut().zip(figures.iter_mut()) {
             let ns = timed(f.iters)?.as_secs_f64() * 1e9 / f.iters as f64;
             f.ns = f.ns.min(ns);
@@ -672,5 +689,6 @@ mod tests {
         let e = run("nope").unwrap_err();
         assert!(e.contains("unknown benchmark `nope`"), "{e}");
         assert!(e.contains("pages"), "{e}");
+        assert!(e.contains("slab"), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 //! | `kmm` / `kmm tour`    | [`tour`]     |
 //! | `kmm boot ...`        | [`boot`]     |
 //! | `kmm slabtop ...`     | [`slabtop`] (after a [`workload`]) |
-//! | `kmm bench pages`     | [`bench`]    |
+//! | `kmm bench pages`, `kmm bench slab` | [`bench`] |
 //!
 //! Every failure ends as one `kmm: <what was wrong>` line on stderr and exit
 //! status 1; a closed stdout (`kmm | head`) ends the run quietly.
@@ -45,7 +45,7 @@ enum Command {
     Slabtop(slabtop::SlabtopArgs),
     /// Run a benchmark and print ns per operation and ratios.
     Bench {
-        /// Which benchmark: `pages` (the page allocator).
+        /// Which benchmark: `pages` (the page allocator) or `slab` (slab caches and kmalloc).
         what: String,
     },
 }

@@ -252,6 +252,9 @@ impl<P: Platform> Kmm<P> {
     /// `mempool_destroy()`: frees the reserve and the pool. Refused while
     /// elements are still out (Linux would oops later); the pool is handed
     /// back untouched in the error.
+    // The refused pool itself comes back in the error so the caller keeps
+    // using it; no heap to box it in, and this is no hot path.
+    #[allow(clippy::result_large_err)]
     pub fn mempool_destroy(&self, pool: Mempool<P>) -> Result<(), (KmmError, Mempool<P>)> {
         let out = pool.outstanding.load(Relaxed);
         if out != 0 {
