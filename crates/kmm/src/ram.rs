@@ -157,6 +157,43 @@ impl PhysMem {
         Ok(unsafe { core::slice::from_raw_parts(p.cast::<T>(), count) })
     }
 
+    /// A header `H` at `phys` followed directly by `count` values of `T`
+    /// (a per-CPU array: counters, then entries), with one bounds and one
+    /// alignment check for the whole block.
+    #[inline(always)]
+    pub(crate) fn ram_head_and_tail<H: RamSafe, T: RamSafe>(
+        &self,
+        phys: u64,
+        count: usize,
+    ) -> Result<(&H, &[T]), KmmError> {
+        let head = core::mem::size_of::<H>();
+        let bytes = count
+            .checked_mul(core::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(head))
+            .ok_or(KmmError::InvalidAddress {
+                addr: phys,
+                what: "table size",
+            })?;
+        let p = self.check(phys, bytes)?;
+        let align = core::mem::align_of::<H>().max(core::mem::align_of::<T>());
+        if !(p as usize).is_multiple_of(align) || !head.is_multiple_of(core::mem::align_of::<T>()) {
+            return Err(KmmError::InvalidAddress {
+                addr: phys,
+                what: "misaligned table",
+            });
+        }
+        // SAFETY: `p..p+bytes` is inside the RAM mapping (checked), which
+        // outlives `self` (contract of `new`); `p` is aligned for `H` and, as
+        // `size_of::<H>()` is a multiple of `T`'s alignment, `p + head` is
+        // aligned for `T` (checked); the two ranges do not overlap; every bit
+        // pattern is valid for `RamSafe` types and all mutation is atomic.
+        unsafe {
+            let h = &*p.cast::<H>();
+            let t = core::slice::from_raw_parts(p.add(head).cast::<T>(), count);
+            Ok((h, t))
+        }
+    }
+
     /// One value of `T` at `phys`, as [`Self::ram_slice`] gives tables.
     #[inline]
     pub(crate) fn ram_ref<T: RamSafe>(&self, phys: u64) -> Result<&T, KmmError> {

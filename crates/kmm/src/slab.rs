@@ -197,6 +197,7 @@ impl KmemCache {
         SLAB_TAG | (self.gen as u64) << 16 | self.slot as u64
     }
 
+    #[inline]
     fn from_tag(tag: u64) -> Option<KmemCache> {
         (tag & TAG_MASK == SLAB_TAG).then_some(KmemCache {
             slot: tag as u16,
@@ -1113,7 +1114,7 @@ impl<P: Platform> Kmm<P> {
         self.slab_alloc(c, gfp | GfpFlags::__GFP_ZERO, Location::caller())
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slab_alloc(
         &self,
         c: KmemCache,
@@ -1161,7 +1162,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// The calling CPU's array of a cache and its entries.
-    #[inline]
+    #[inline(always)]
     fn cpu_array(
         &self,
         slot: &CacheSlot,
@@ -1175,11 +1176,8 @@ impl<P: Platform> Kmm<P> {
         }
         let stride = slot.ac_stride.load(Relaxed) as u64;
         let at = slot.ac_base.load(Relaxed) + cpu as u64 * stride;
-        let ac = self.mem.ram_ref::<ArrayCache>(at)?;
         let n = (stride.saturating_sub(AC_HEAD) / 8) as usize;
-        let entries = self
-            .mem
-            .ram_slice::<core::sync::atomic::AtomicU64>(at + AC_HEAD, n)?;
+        let (ac, entries) = self.mem.ram_head_and_tail::<ArrayCache, AtomicU64>(at, n)?;
         Ok((ac, entries))
     }
 
@@ -1453,7 +1451,7 @@ impl<P: Platform> Kmm<P> {
         self.slab_free(c, obj, Location::caller())
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slab_free(
         &self,
         c: KmemCache,
@@ -1503,7 +1501,7 @@ impl<P: Platform> Kmm<P> {
 
     /// Finds the slab head and object index of `obj` (`virt_to_slab()` +
     /// `obj_to_index()`), checking that it is an object of the cache tagged `tag`.
-    #[inline]
+    #[inline(always)]
     fn obj_to_index(&self, slot: &CacheSlot, tag: u64, obj: u64) -> Result<(u32, u32), BadPtr> {
         let phys = self.arch.virt_to_phys(obj).ok_or(BadPtr::NotMapped)?;
         let map = self.mem_map();
@@ -1988,10 +1986,14 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// The cache that owns the slab object at `addr`, if `addr` lies in a slab.
+    #[inline(always)]
     pub(crate) fn slab_cache_of(&self, addr: u64) -> Option<KmemCache> {
-        let page = self.virt_to_page(addr).ok()?;
+        // The cheap part of `virt_to_page()`: `slab_free` checks the rest.
+        let phys = self.arch.virt_to_phys(addr)?;
+        let map = self.mem_map();
+        let page = map.get((phys >> self.page_shift) as usize)?;
         let head = if page.is_tail() {
-            self.pfn_to_page(page.private() as u64).ok()?
+            map.get(page.private() as usize)?
         } else {
             page
         };

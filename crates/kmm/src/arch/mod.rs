@@ -95,6 +95,7 @@ impl Arch {
     }
 
     /// `__pa()`: the physical address behind a direct-map virtual address.
+    #[inline]
     pub fn virt_to_phys(&self, virt: u64) -> Option<u64> {
         let phys = virt.checked_sub(self.page_offset)?;
         let limit = self.max_lowmem.unwrap_or(self.max_phys);
