@@ -7,6 +7,7 @@
 //! and the calls themselves with their results (lines starting with `>`).
 //! Nothing here computes a result on its own; the tour only calls and prints.
 
+mod heap;
 mod slab;
 
 use crate::boot::struct_page_overhead;
@@ -244,6 +245,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     bootmem(&mut t, &memory_line)?;
     per_cpu_variables(&mut t, &m)?;
     slab::steps(&mut t, &m)?;
+    heap::step(&mut t)?;
 
     t.step(
         "What the kernel counted",
