@@ -130,26 +130,40 @@ impl PhysMem {
         self.write(phys, &v.to_le_bytes())
     }
 
+    /// Host address of a table of `head + count * size_of::<T>()` bytes at
+    /// `phys`: inside RAM and aligned to `align`, else an error.
+    #[inline(always)]
+    fn table<T>(
+        &self,
+        phys: u64,
+        head: usize,
+        count: usize,
+        align: usize,
+    ) -> Result<*mut u8, KmmError> {
+        let bytes = count
+            .checked_mul(core::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(head))
+            .ok_or(KmmError::InvalidAddress {
+                addr: phys,
+                what: "table size",
+            })?;
+        let p = self.check(phys, bytes)?;
+        if !(p as usize).is_multiple_of(align) {
+            return Err(KmmError::InvalidAddress {
+                addr: phys,
+                what: "misaligned table",
+            });
+        }
+        Ok(p)
+    }
+
     /// A shared view of `count` values of `T` already in RAM at `phys`, without
     /// touching them: a table another part of the kernel set up earlier and
     /// reaches through a physical address it stored (a slab cache's per-CPU
     /// arrays, Linux's `cachep->cpu_cache`).
     #[inline]
     pub(crate) fn ram_slice<T: RamSafe>(&self, phys: u64, count: usize) -> Result<&[T], KmmError> {
-        let bytes =
-            count
-                .checked_mul(core::mem::size_of::<T>())
-                .ok_or(KmmError::InvalidAddress {
-                    addr: phys,
-                    what: "table size",
-                })?;
-        let p = self.check(phys, bytes)?;
-        if !(p as usize).is_multiple_of(core::mem::align_of::<T>()) {
-            return Err(KmmError::InvalidAddress {
-                addr: phys,
-                what: "misaligned table",
-            });
-        }
+        let p = self.table::<T>(phys, 0, count, core::mem::align_of::<T>())?;
         // SAFETY: the range is inside the RAM mapping (checked), which outlives
         // `self` (contract of `new`); `p` is aligned for `T` (checked); every
         // bit pattern is a valid `T` and all mutation goes through atomics
@@ -167,22 +181,15 @@ impl PhysMem {
         count: usize,
     ) -> Result<(&H, &[T]), KmmError> {
         let head = core::mem::size_of::<H>();
-        let bytes = count
-            .checked_mul(core::mem::size_of::<T>())
-            .and_then(|b| b.checked_add(head))
-            .ok_or(KmmError::InvalidAddress {
-                addr: phys,
-                what: "table size",
-            })?;
-        let p = self.check(phys, bytes)?;
-        let align = core::mem::align_of::<H>().max(core::mem::align_of::<T>());
-        if !(p as usize).is_multiple_of(align) || !head.is_multiple_of(core::mem::align_of::<T>()) {
+        if !head.is_multiple_of(core::mem::align_of::<T>()) {
             return Err(KmmError::InvalidAddress {
                 addr: phys,
                 what: "misaligned table",
             });
         }
-        // SAFETY: `p..p+bytes` is inside the RAM mapping (checked), which
+        let align = core::mem::align_of::<H>().max(core::mem::align_of::<T>());
+        let p = self.table::<T>(phys, head, count, align)?;
+        // SAFETY: `p..p+head+count*size_of::<T>()` is inside the RAM mapping (checked), which
         // outlives `self` (contract of `new`); `p` is aligned for `H` and, as
         // `size_of::<H>()` is a multiple of `T`'s alignment, `p + head` is
         // aligned for `T` (checked); the two ranges do not overlap; every bit
@@ -211,20 +218,8 @@ impl PhysMem {
         phys: u64,
         count: usize,
     ) -> Result<RamArray<T>, KmmError> {
-        let bytes =
-            count
-                .checked_mul(core::mem::size_of::<T>())
-                .ok_or(KmmError::InvalidAddress {
-                    addr: phys,
-                    what: "table size",
-                })?;
-        let p = self.check(phys, bytes)?;
-        if !(p as usize).is_multiple_of(core::mem::align_of::<T>()) {
-            return Err(KmmError::InvalidAddress {
-                addr: phys,
-                what: "misaligned table",
-            });
-        }
+        let p = self.table::<T>(phys, 0, count, core::mem::align_of::<T>())?;
+        let bytes = count * core::mem::size_of::<T>();
         // SAFETY: the range is inside the mapping (checked).
         unsafe { core::ptr::write_bytes(p, 0, bytes) };
         Ok(RamArray {
