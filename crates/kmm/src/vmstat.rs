@@ -89,6 +89,8 @@ pub fn vmstat<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     writeln!(out, "nr_free_pages {}", k.nr_free_pages())?;
     writeln!(out, "numa_hit {hit}")?;
     writeln!(out, "numa_miss {miss}")?;
+    writeln!(out, "nr_slab_reclaimable {}", k.nr_slab_reclaimable())?;
+    writeln!(out, "nr_slab_unreclaimable {}", k.nr_slab_unreclaimable())?;
     for (i, t) in zt.iter().enumerate() {
         writeln!(out, "pgalloc_{} {}", t.vmstat_suffix(), pgalloc[i])?;
     }
