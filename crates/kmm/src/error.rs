@@ -112,6 +112,17 @@ pub enum KmmError {
         /// What is wrong.
         why: &'static str,
     },
+    /// `set_pte_at` over an existing mapping (Linux: a `BUG_ON(!pte_none())`
+    /// or `-EEXIST` from `vmap`).
+    AlreadyMapped {
+        /// The virtual address asked for.
+        virt: u64,
+    },
+    /// A page-table operation on an address nothing maps.
+    NotMapped {
+        /// The virtual address.
+        virt: u64,
+    },
 }
 
 impl fmt::Display for KmmError {
@@ -153,6 +164,10 @@ impl fmt::Display for KmmError {
                 write!(f, "slab cache still has {objects} object{s}")
             }
             KmmError::BadObject { addr, why } => write!(f, "object {addr:#x}: {why}"),
+            KmmError::AlreadyMapped { virt } => {
+                write!(f, "virtual address {virt:#x} is already mapped")
+            }
+            KmmError::NotMapped { virt } => write!(f, "virtual address {virt:#x} is not mapped"),
         }
     }
 }

@@ -58,7 +58,22 @@
 //! | `kmalloc_index`, `kmalloc_slab`, `kmalloc_size_roundup`, `kmalloc_caches[]` | [`slab_common::kmalloc_index`], [`Kmm::kmalloc_slab`], [`Kmm::kmalloc_size_roundup`], [`slab_common::KMALLOC_SIZES`] |
 //! | `ZERO_SIZE_PTR`, `KMALLOC_MIN_SIZE`, `KMALLOC_MAX_CACHE_SIZE`, `KMALLOC_MAX_SIZE` | [`ZERO_SIZE_PTR`], [`slab_common::KMALLOC_MIN_SIZE`], [`Kmm::kmalloc_max_cache_size`], [`Kmm::kmalloc_max_size`] |
 //! | `kmem_cache_init` | called by [`EarlyBoot::mem_init`] |
+//! | `pgd_t`/`p4d_t`/`pud_t`/`pmd_t`/`pte_t` levels, `CONFIG_PGTABLE_LEVELS`, `PTRS_PER_*`, `*_SHIFT` | [`PagingFormat`] (levels numbered from the leaf: 0 = pte, 1 = pmd, 2 = pud, 3 = p4d; the top is the pgd; [`PagingFormat::level_name`]) |
+//! | `pgtable-2level.h`, `pgtable-3level.h` (PAE), `pgtable_64.h` (4- and 5-level) | [`arch::pgtable_x86::X86_2LEVEL`], [`arch::pgtable_x86::X86_PAE`], [`arch::pgtable_x86_64::X86_64_4LEVEL`], [`arch::pgtable_x86_64::X86_64_5LEVEL`], [`Arch::paging_formats`] |
+//! | `_PAGE_PRESENT`, `_PAGE_RW`, `_PAGE_USER`, `_PAGE_PWT`, `_PAGE_PCD`, `_PAGE_ACCESSED`, `_PAGE_DIRTY`, `_PAGE_GLOBAL`, `_PAGE_NX`, `_PAGE_PSE`, `pgprot_t` | [`PteFlags`], [`arch::pgtable_x86::PAGE_PSE`] |
+//! | `pte_present`, `pte_write`, `pte_young`, `pte_dirty`, `pte_exec`, `pte_global`, `pte_mkyoung`, `pte_mkold`, `pte_mkdirty`, `pte_mkclean`, `pte_mkwrite`, `pte_wrprotect` | [`PteFlags::pte_present`], [`PteFlags::pte_write`], [`PteFlags::pte_young`], [`PteFlags::pte_dirty`], [`PteFlags::pte_exec`], [`PteFlags::pte_global`], [`PteFlags::pte_mkyoung`], [`PteFlags::pte_mkold`], [`PteFlags::pte_mkdirty`], [`PteFlags::pte_mkclean`], [`PteFlags::pte_mkwrite`], [`PteFlags::pte_wrprotect`] |
+//! | `pte_none`, `pmd_leaf`/`pud_leaf`, `pmd_page_vaddr`, `pte_pfn`, `pfn_pte`/`pfn_pmd` | [`pgtable::Entry`], [`PagingFormat::decode`], [`PagingFormat::encode_leaf`] |
+//! | `mm->pgd`, `pgd_alloc`, `pgd_free` | [`PageTable`], [`Kmm::pgd_alloc`], [`Kmm::pgd_free`] / [`PageTable::destroy`] |
+//! | `set_pte_at`/`set_pmd_at` with `pte_alloc`/`pmd_alloc`/`pud_alloc`/`p4d_alloc`, `pmd_populate` | [`PageTable::map`] |
+//! | `pte_clear`/`pmd_clear` + `free_pgtables` | [`PageTable::unmap`] |
+//! | `change_protection`, `pte_modify` | [`PageTable::protect`] |
+//! | `follow_pte`; the hardware walk setting accessed/dirty; `ptep_test_and_clear_young` | [`PageTable::walk`] ([`Translation`]); [`PageTable::walk_and_mark`]; [`PageTable::test_and_clear_young`] |
+//! | `walk_page_range` | [`PageTable::for_each_mapping`] ([`Mapping`]) |
+//! | `NR_PAGETABLE` (`PageTables:` in `/proc/meminfo`) | [`Kmm::nr_page_table_pages`] |
 //! | `/proc/slabinfo` | [`slab_common::slabinfo`] (and [`slab_common::slabinfo_detail`]) |
+//! | `void __percpu *`, `alloc_percpu`, `__alloc_percpu`, `__alloc_percpu_gfp`, `free_percpu`, `per_cpu_ptr`, `this_cpu_ptr` | [`percpu::PercpuPtr`], [`Kmm::alloc_percpu`], [`Kmm::__alloc_percpu`], [`Kmm::__alloc_percpu_gfp`], [`Kmm::free_percpu`], [`Kmm::per_cpu_ptr`], [`Kmm::this_cpu_ptr`] ([`Kmm::per_cpu_read`], [`Kmm::per_cpu_write`], [`Kmm::per_cpu_u64`] to reach a copy) |
+//! | `pcpu_setup_first_chunk`, `pcpu_create_chunk`, `pcpu_unit_size`, `pcpu_nr_units`, `pcpu_nr_pages`, `PCPU_MIN_ALLOC_SIZE`, `PCPU_MIN_UNIT_SIZE` | called by [`EarlyBoot::mem_init`], [`Kmm::__alloc_percpu`], [`Kmm::pcpu_unit_size`], [`Kmm::pcpu_nr_units`], [`Kmm::pcpu_nr_pages`], [`percpu::PCPU_MIN_ALLOC_SIZE`], [`percpu::PCPU_MIN_UNIT_SIZE`] |
+//! | `struct percpu_counter`, `percpu_counter_init`, `percpu_counter_destroy`, `percpu_counter_add`, `percpu_counter_add_batch`, `percpu_counter_read`, `percpu_counter_sum`, `percpu_counter_set`, `percpu_counter_batch` | [`percpu_counter::PercpuCounter`], [`Kmm::percpu_counter_init`], [`Kmm::percpu_counter_destroy`], [`Kmm::percpu_counter_add`], [`Kmm::percpu_counter_add_batch`], [`Kmm::percpu_counter_read`], [`Kmm::percpu_counter_sum`], [`Kmm::percpu_counter_set`], [`Kmm::percpu_counter_batch`] |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -73,6 +88,9 @@ pub mod mm_init;
 pub mod mm_types;
 pub mod mmzone;
 pub mod page_alloc;
+pub mod percpu;
+pub mod percpu_counter;
+pub mod pgtable;
 pub mod platform;
 pub mod proc_meminfo;
 pub mod ram;
@@ -89,6 +107,7 @@ pub use mm::Kmm;
 pub use mm_init::{setup_arch, BootParams, EarlyBoot, NodeRange};
 pub use mm_types::{Page, PageFlags};
 pub use mmzone::{PerCpuPages, PgData, Watermark, Zone, ZoneType};
+pub use pgtable::{Mapping, PageTable, PagingFormat, PteFlags, Translation};
 pub use platform::Platform;
 pub use ram::PhysMem;
 pub use slab::{KmemCache, ObjectInit, SlabFlags};

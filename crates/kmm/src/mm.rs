@@ -93,10 +93,14 @@ pub struct Kmm<P: Platform> {
     pub(crate) memblock: SpinLock<Memblock>,
     pub(crate) boot: BootSummary,
     pub(crate) totalram_pages: AtomicU64,
+    /// `NR_PAGETABLE`: pages holding page tables ([`crate::pgtable`]).
+    pub(crate) nr_pagetable: AtomicU64,
     /// Event counters.
     pub events: MmEvents,
     /// The slab allocator: the cache table and the kmalloc caches.
     pub(crate) slab: crate::slab::SlabState,
+    /// The dynamic per-CPU allocator's chunks (`mm/percpu.c`).
+    pub(crate) percpu: crate::percpu::PcpuState,
 }
 
 impl<P: Platform> Kmm<P> {

@@ -515,6 +515,16 @@ impl<P: Platform> EarlyBoot<P> {
         let slab_boot =
             crate::slab_common::reserve_boot_arrays(&mut self.memblock, page_size, self.nr_cpus)?;
 
+        // The first per-CPU chunk (setup_per_cpu_areas), in low memory.
+        let percpu = crate::percpu::pcpu_setup_first_chunk(
+            &mut self.memblock,
+            &self.mem,
+            &self.platform,
+            page_size,
+            self.nr_cpus,
+            arch.max_lowmem.unwrap_or(u64::MAX),
+        )?;
+
         let boot = BootSummary {
             physpages: self.memblock.memory.total_size() >> shift,
             freed_pages: 0,
@@ -547,8 +557,10 @@ impl<P: Platform> EarlyBoot<P> {
             memblock: SpinLock::new(Memblock::new()),
             boot,
             totalram_pages: AtomicU64::new(0),
+            nr_pagetable: AtomicU64::new(0),
             events: MmEvents::default(),
             slab: crate::slab::SlabState::new(slab_boot.0, slab_boot.1),
+            percpu,
         };
 
         // memblock_free_all(): every whole free page goes to the buddy lists.

@@ -2,7 +2,7 @@
 //!
 //! This is the only module of the allocator core that touches raw memory. Every
 //! other module reaches RAM through [`PhysMem`] (byte copies at physical
-//! addresses) or through [`RamArray`] (typed tables — `mem_map`, per-CPU page
+//! addresses) or through `RamArray` (typed tables — `mem_map`, per-CPU page
 //! lists — that live inside the RAM they describe, as in Linux).
 
 use crate::error::KmmError;

@@ -2,7 +2,7 @@
 //!
 //! Zone locks use the `spin` crate. The per-CPU page lists live inside simulated
 //! RAM, where only atomics may be stored, so they carry a bare lock word
-//! ([`RawSpinLock`]).
+//! (`RawSpinLock`).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 

@@ -3,10 +3,13 @@
 //! module hard-codes an address of either profile.
 
 pub mod e820;
+pub mod pgtable_x86;
+pub mod pgtable_x86_64;
 pub mod x86;
 pub mod x86_64;
 
 use crate::mmzone::ZoneType;
+use crate::pgtable::PagingFormat;
 
 /// One CPU architecture as the memory manager sees it.
 #[derive(Debug)]
@@ -42,6 +45,23 @@ impl Arch {
             "x86" | "i386" => Some(&x86::X86),
             "x86_64" | "x86-64" | "amd64" => Some(&x86_64::X86_64),
             _ => None,
+        }
+    }
+
+    /// The page-table formats this profile can run with, the default first
+    /// (`CONFIG_PGTABLE_LEVELS`): two-level then PAE on `x86`, four-level then
+    /// five-level on `x86_64`.
+    pub fn paging_formats(&self) -> &'static [&'static dyn PagingFormat] {
+        static X86_FORMATS: [&dyn PagingFormat; 2] =
+            [&pgtable_x86::X86_2LEVEL, &pgtable_x86::X86_PAE];
+        static X86_64_FORMATS: [&dyn PagingFormat; 2] = [
+            &pgtable_x86_64::X86_64_4LEVEL,
+            &pgtable_x86_64::X86_64_5LEVEL,
+        ];
+        if self.bits == 32 {
+            &X86_FORMATS
+        } else {
+            &X86_64_FORMATS
         }
     }
 
