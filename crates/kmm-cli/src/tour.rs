@@ -8,6 +8,7 @@
 //! Nothing here computes a result on its own; the tour only calls and prints.
 
 mod heap;
+mod pgtable;
 mod slab;
 
 use crate::boot::struct_page_overhead;
@@ -246,6 +247,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     per_cpu_variables(&mut t, &m)?;
     slab::steps(&mut t, &m)?;
     heap::step(&mut t)?;
+    pgtable::step(&mut t, &m)?;
 
     t.step(
         "What the kernel counted",
