@@ -8,6 +8,7 @@
 //! Nothing here computes a result on its own; the tour only calls and prints.
 
 mod heap;
+mod percpu;
 mod pgtable;
 mod slab;
 
@@ -245,6 +246,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     fragmentation(&mut t, &m, &boot_buddy)?;
     bootmem(&mut t, &memory_line)?;
     per_cpu_variables(&mut t, &m)?;
+    percpu::step(&mut t, &m)?;
     slab::steps(&mut t, &m)?;
     heap::step(&mut t)?;
     pgtable::step(&mut t, &m)?;
