@@ -123,6 +123,24 @@ pub enum KmmError {
         /// The virtual address.
         virt: u64,
     },
+    /// The magic word at a kernel stack's `end_of_stack()` is gone
+    /// (`task_stack_end_corrupted()`; Linux: "Kernel panic - not syncing:
+    /// corrupted stack end detected inside scheduler").
+    StackCorrupted {
+        /// `end_of_stack()`.
+        end: u64,
+        /// What the word holds instead of `STACK_END_MAGIC`.
+        found: u64,
+    },
+    /// A simulated frame would reach below its kernel stack (Linux: "BUG:
+    /// TASK stack guard page was hit" with `CONFIG_VMAP_STACK`, silent
+    /// corruption of the page below without it).
+    StackOverflow {
+        /// The lowest address the frame would have written.
+        addr: u64,
+        /// Whether the (emulated) guard page caught it.
+        guard_page: bool,
+    },
 }
 
 impl fmt::Display for KmmError {
@@ -168,6 +186,17 @@ impl fmt::Display for KmmError {
                 write!(f, "virtual address {virt:#x} is already mapped")
             }
             KmmError::NotMapped { virt } => write!(f, "virtual address {virt:#x} is not mapped"),
+            KmmError::StackCorrupted { end, found } => write!(
+                f,
+                "corrupted stack end detected: end_of_stack {end:#x} holds {found:#x}"
+            ),
+            KmmError::StackOverflow { addr, guard_page } => {
+                if guard_page {
+                    write!(f, "stack guard page was hit at {addr:#x}")
+                } else {
+                    write!(f, "kernel stack overflow: frame reaches {addr:#x}, below the stack")
+                }
+            }
         }
     }
 }

@@ -74,6 +74,13 @@
 //! | `void __percpu *`, `alloc_percpu`, `__alloc_percpu`, `__alloc_percpu_gfp`, `free_percpu`, `per_cpu_ptr`, `this_cpu_ptr` | [`percpu::PercpuPtr`], [`Kmm::alloc_percpu`], [`Kmm::__alloc_percpu`], [`Kmm::__alloc_percpu_gfp`], [`Kmm::free_percpu`], [`Kmm::per_cpu_ptr`], [`Kmm::this_cpu_ptr`] ([`Kmm::per_cpu_read`], [`Kmm::per_cpu_write`], [`Kmm::per_cpu_u64`] to reach a copy) |
 //! | `pcpu_setup_first_chunk`, `pcpu_create_chunk`, `pcpu_unit_size`, `pcpu_nr_units`, `pcpu_nr_pages`, `PCPU_MIN_ALLOC_SIZE`, `PCPU_MIN_UNIT_SIZE` | called by [`EarlyBoot::mem_init`], [`Kmm::__alloc_percpu`], [`Kmm::pcpu_unit_size`], [`Kmm::pcpu_nr_units`], [`Kmm::pcpu_nr_pages`], [`percpu::PCPU_MIN_ALLOC_SIZE`], [`percpu::PCPU_MIN_UNIT_SIZE`] |
 //! | `struct percpu_counter`, `percpu_counter_init`, `percpu_counter_destroy`, `percpu_counter_add`, `percpu_counter_add_batch`, `percpu_counter_read`, `percpu_counter_sum`, `percpu_counter_set`, `percpu_counter_batch` | [`percpu_counter::PercpuCounter`], [`Kmm::percpu_counter_init`], [`Kmm::percpu_counter_destroy`], [`Kmm::percpu_counter_add`], [`Kmm::percpu_counter_add_batch`], [`Kmm::percpu_counter_read`], [`Kmm::percpu_counter_sum`], [`Kmm::percpu_counter_set`], [`Kmm::percpu_counter_batch`] |
+//! | `THREAD_SIZE`, `THREAD_SIZE_ORDER`, `CONFIG_4KSTACKS`, `CONFIG_VMAP_STACK` (emulated guard page) | [`Kmm::thread_size`], [`Kmm::thread_size_order`], [`Kmm::set_thread_size_pages`], [`Kmm::set_vmap_stack`] |
+//! | `task->stack`, `alloc_thread_stack_node`, `free_thread_stack`, `task_thread_info`, `struct thread_info` | [`KernelStack`], [`Kmm::alloc_thread_stack_node`], [`Kmm::free_thread_stack`], [`Kmm::task_thread_info`], [`task_stack::ThreadInfo`] |
+//! | `end_of_stack`, `STACK_END_MAGIC`, `task_stack_end_corrupted`, `schedule_debug` (stack check) | [`KernelStack::end_of_stack`], [`task_stack::STACK_END_MAGIC`], [`Kmm::task_stack_end_corrupted`], [`Kmm::check_stack`] |
+//! | `stack_not_used`, `check_stack_usage` (`CONFIG_DEBUG_STACK_USAGE`) | [`Kmm::stack_not_used`], [`Kmm::stack_high_water`], [`Kmm::free_thread_stack`] |
+//! | a call chain on the stack (frames, `current_stack_pointer`) | [`Kmm::push_frame`], [`Kmm::pop_frame`], [`KernelStack::sp`] |
+//! | `NR_KERNEL_STACK_KB` (`KernelStack:` in `/proc/meminfo`, `nr_kernel_stack` in `/proc/vmstat`) | [`Kmm::nr_kernel_stack_kb`] |
+//! | `IRQ_STACK_SIZE`, `hardirq_stack_ptr`, `irq_init_percpu_irqstack` | [`Kmm::irq_stack_size`], [`IrqStack::top`], [`Kmm::irq_stack`], [`Kmm::init_irq_stacks`] |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -97,6 +104,7 @@ pub mod ram;
 pub mod slab;
 pub mod slab_common;
 pub mod spinlock;
+pub mod task_stack;
 pub mod vmstat;
 
 pub use arch::Arch;
@@ -112,6 +120,7 @@ pub use platform::Platform;
 pub use ram::PhysMem;
 pub use slab::{KmemCache, ObjectInit, SlabFlags};
 pub use slab_common::ZERO_SIZE_PTR;
+pub use task_stack::{IrqStack, KernelStack};
 
 /// `MAX_ORDER`: the buddy lists hold blocks of order 0 to `MAX_ORDER - 1` (10).
 pub const MAX_ORDER: usize = 11;

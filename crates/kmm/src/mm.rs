@@ -101,6 +101,8 @@ pub struct Kmm<P: Platform> {
     pub(crate) slab: crate::slab::SlabState,
     /// The dynamic per-CPU allocator's chunks (`mm/percpu.c`).
     pub(crate) percpu: crate::percpu::PcpuState,
+    /// Kernel stacks: `THREAD_SIZE`, `NR_KERNEL_STACK_KB`, interrupt stacks.
+    pub(crate) task_stack: crate::task_stack::StackState,
 }
 
 impl<P: Platform> Kmm<P> {

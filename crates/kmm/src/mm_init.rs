@@ -561,6 +561,7 @@ impl<P: Platform> EarlyBoot<P> {
             events: MmEvents::default(),
             slab: crate::slab::SlabState::new(slab_boot.0, slab_boot.1),
             percpu,
+            task_stack: crate::task_stack::StackState::new(),
         };
 
         // memblock_free_all(): every whole free page goes to the buddy lists.

@@ -51,6 +51,7 @@ pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     line(out, "Slab", kb(srec + sunrec))?;
     line(out, "SReclaimable", kb(srec))?;
     line(out, "SUnreclaim", kb(sunrec))?;
+    line(out, "KernelStack", k.nr_kernel_stack_kb())?;
     line(out, "PageTables", kb(k.nr_page_table_pages()))?;
     // After VmallocChunk in Linux: the bytes of every chunk, all units.
     line(out, "Percpu", kb(k.pcpu_nr_pages()))?;

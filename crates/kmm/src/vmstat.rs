@@ -91,6 +91,8 @@ pub fn vmstat<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     writeln!(out, "numa_miss {miss}")?;
     writeln!(out, "nr_slab_reclaimable {}", k.nr_slab_reclaimable())?;
     writeln!(out, "nr_slab_unreclaimable {}", k.nr_slab_unreclaimable())?;
+    // A node stat in kB since Linux 4.9, between the slab and page-table counts.
+    writeln!(out, "nr_kernel_stack {}", k.nr_kernel_stack_kb())?;
     for (i, t) in zt.iter().enumerate() {
         writeln!(out, "pgalloc_{} {}", t.vmstat_suffix(), pgalloc[i])?;
     }
