@@ -23,6 +23,7 @@
 
 pub mod cpu;
 pub mod machine;
+pub mod mmu;
 pub mod procfs;
 pub mod ram;
 
