@@ -11,6 +11,7 @@ mod heap;
 mod percpu;
 mod pgtable;
 mod slab;
+mod stack;
 
 use crate::boot::struct_page_overhead;
 use crate::size::format_size;
@@ -250,6 +251,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     slab::steps(&mut t, &m)?;
     heap::step(&mut t)?;
     pgtable::step(&mut t, &m)?;
+    stack::step(&mut t, &m)?;
 
     t.step(
         "What the kernel counted",
