@@ -6,6 +6,7 @@ use crate::Error;
 use kmm::arch::pgtable_x86::X86_2LEVEL;
 use kmm::arch::pgtable_x86_64::X86_64_4LEVEL;
 use kmm::pgtable::{PagingFormat, PteFlags};
+use kmm_sim::mmu::{Access, Mmu};
 use kmm_sim::Machine;
 
 /// Builds page tables of two formats, maps small and large pages, walks
@@ -90,6 +91,55 @@ pub fn step(t: &mut Tour, m: &Machine) -> Result<(), Error> {
                 fmt.level_name(tr.level),
                 tr.phys,
                 yes(tr.phys == big_phys + 0x12_3456)
+            ))?;
+        }
+        if fmt.levels() == 4 {
+            // The same tables through the software MMU: CPU 0's TLB.
+            let mmu = Mmu::for_machine(m);
+            let first = mmu.translate(0, &pt, 1, probe, Access::Read, true);
+            for _ in 0..999 {
+                let _ = mmu.translate(0, &pt, 1, probe, Access::Read, true);
+            }
+            let st = mmu.tlb_stats(0);
+            t.say(format!(
+                "> through the MMU: 1000 user reads of {probe:#x} on CPU 0 = {:#x}: {} TLB miss (one walk), {} hits",
+                first.unwrap_or(0),
+                st.misses,
+                st.hits
+            ))?;
+            let fault = mmu.translate(0, &pt, 1, probe, Access::Exec, true);
+            let msg = match fault {
+                Err(f) => f.to_string(),
+                Ok(_) => "no fault".to_string(),
+            };
+            t.say(format!(
+                "> executing it (no NO_EXEC bit, so allowed) -> {msg}"
+            ))?;
+            let kernel_only = 0x0900_0000u64;
+            pt.map(
+                k,
+                kernel_only,
+                phys,
+                4096,
+                PteFlags::PRESENT | PteFlags::WRITABLE,
+            )?;
+            if let Err(f) = mmu.translate(0, &pt, 1, kernel_only, Access::Read, true) {
+                t.say(format!(
+                    "> a user read of a kernel-only page {kernel_only:#x}: {f}"
+                ))?;
+            }
+            pt.unmap(k, kernel_only)?;
+            pt.unmap(k, user)?;
+            let stale = mmu.translate(0, &pt, 1, probe, Access::Read, true).is_ok();
+            mmu.invlpg(0, probe);
+            let after = mmu.translate(0, &pt, 1, probe, Access::Read, true);
+            t.say(format!(
+                "> unmap({user:#x}): the TLB still holds the old translation until invlpg: {}; after invlpg: {}",
+                yes(stale),
+                match after {
+                    Err(f) => f.to_string(),
+                    Ok(p) => format!("{p:#x}"),
+                }
             ))?;
         }
         let hole = 0x4000_0000u64;
