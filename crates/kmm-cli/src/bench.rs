@@ -463,11 +463,11 @@ fn pairs<F: Frames>(f: &mut F, order: u32, n: u64) -> Result<Duration, String> {
 }
 
 /// xorshift64 (Marsaglia): a small, fast, deterministic sequence.
-struct XorShift64(u64);
+pub(crate) struct XorShift64(pub(crate) u64);
 
 impl XorShift64 {
     #[inline]
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

@@ -206,34 +206,6 @@ pub struct Running {
     pub summary: Vec<String>,
 }
 
-/// A small deterministic pseudo-random sequence (xorshift64), so that every
-/// run allocates the same sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A kmalloc size as drivers ask for them: mostly small, sometimes a
-    /// few kilobytes.
-    fn size(&mut self) -> usize {
-        let r = self.next();
-        let size = match r % 100 {
-            0..=59 => 1 + r / 100 % 64,
-            60..=84 => 65 + r / 100 % 192,
-            85..=96 => 257 + r / 100 % 1792,
-            _ => 2049 + r / 100 % 6144,
-        };
-        size as usize
-    }
-}
-
 impl Running {
     /// Runs workload `name` on `m`. On failure everything allocated so far
     /// is given back and the error names the step.
@@ -368,11 +340,11 @@ impl Running {
                 .into(),
         );
 
-        let mut rng = Rng(0x5eed_0000_cafe_f00d);
+        let mut rng = crate::bench::XorShift64(0x5eed_0000_cafe_f00d);
         let from = self.objects.len();
         let mut bytes = 0;
         for _ in 0..4000 {
-            let size = rng.size();
+            let size = driver_size(rng.next());
             bytes += size;
             self.kmalloc(m, size, GfpFlags::GFP_KERNEL)?;
         }
@@ -414,4 +386,16 @@ impl Running {
         }
         first.map_or(Ok(()), Err)
     }
+}
+
+/// A kmalloc size as drivers ask for them, from one pseudo-random number:
+/// mostly small, sometimes a few kilobytes.
+fn driver_size(r: u64) -> usize {
+    let size = match r % 100 {
+        0..=59 => 1 + r / 100 % 64,
+        60..=84 => 65 + r / 100 % 192,
+        85..=96 => 257 + r / 100 % 1792,
+        _ => 2049 + r / 100 % 6144,
+    };
+    size as usize
 }
