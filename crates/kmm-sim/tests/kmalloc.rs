@@ -16,22 +16,6 @@ use std::collections::HashSet;
 
 const GFP: GfpFlags = GfpFlags::GFP_KERNEL;
 
-fn write(k: &K, addr: u64, data: &[u8]) {
-    k.phys().write(k.__pa(addr).unwrap(), data).unwrap();
-}
-
-fn read(k: &K, addr: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    k.phys().read(k.__pa(addr).unwrap(), &mut b).unwrap();
-    b
-}
-
-fn shrink_all(k: &K) {
-    for c in k.kmem_caches().iter() {
-        k.kmem_cache_shrink(c).unwrap();
-    }
-}
-
 fn back_to_boot(k: &K, boot_free: u64) {
     shrink_all(k);
     k.drain_all_pages();

@@ -8,18 +8,6 @@ use kmm::percpu::{PercpuPtr, PCPU_MAX_CHUNKS};
 use kmm::{GfpFlags, KmmError, Platform};
 use proptest::prelude::*;
 
-fn meminfo_kb(k: &K, field: &str) -> u64 {
-    let mut s = String::new();
-    kmm::proc_meminfo::meminfo(k, &mut s).unwrap();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|r| r.strip_prefix(':'))
-                .map(|r| r.trim().trim_end_matches(" kB").parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {field} in {s}"))
-}
-
 /// Stamps every CPU's copy with a pattern of its own.
 fn stamp(k: &K, p: PercpuPtr, size: u64, tag: u64) {
     for cpu in 0..k.nr_cpu_ids() {

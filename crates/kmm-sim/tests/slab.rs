@@ -134,12 +134,6 @@ fn slab_allocs(k: &K) -> Vec<Alloc> {
     v
 }
 
-fn shrink_all(k: &K) {
-    for c in k.kmem_caches().iter() {
-        k.kmem_cache_shrink(c).unwrap();
-    }
-}
-
 /// After everything is freed: no slab pages left, the frames consistent and
 /// the free page count back at its post-boot value.
 fn back_to_boot(k: &K, boot_free: u64) {
@@ -153,16 +147,6 @@ fn back_to_boot(k: &K, boot_free: u64) {
         boot_free,
         "free pages back to the post-boot count"
     );
-}
-
-fn write(k: &K, addr: u64, data: &[u8]) {
-    k.phys().write(k.__pa(addr).unwrap(), data).unwrap();
-}
-
-fn read(k: &K, addr: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    k.phys().read(k.__pa(addr).unwrap(), &mut b).unwrap();
-    b
 }
 
 fn read_u64(k: &K, addr: u64) -> u64 {

@@ -10,28 +10,6 @@ use kmm::task_stack::{STACK_END_MAGIC, THREAD_INFO_SIZE};
 use kmm::{KernelStack, KmmError};
 use proptest::prelude::*;
 
-fn meminfo_kb(k: &K, field: &str) -> u64 {
-    let mut s = String::new();
-    kmm::proc_meminfo::meminfo(k, &mut s).unwrap();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|r| r.strip_prefix(':'))
-                .map(|r| r.trim().trim_end_matches(" kB").parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {field} in {s}"))
-}
-
-fn vmstat_value(k: &K, field: &str) -> u64 {
-    let mut s = String::new();
-    kmm::vmstat::vmstat(k, &mut s).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {field} in {s}"))
-        .parse()
-        .unwrap()
-}
-
 fn check_layout(k: &K, st: &KernelStack, task: u64) {
     let size = k.thread_size();
     assert_eq!(st.size(), size);

@@ -446,3 +446,46 @@ pub fn unreserved_per_zone(k: &K) -> Vec<u64> {
     }
     v
 }
+
+/// Writes `data` at kernel virtual address `addr` of simulated RAM.
+pub fn write(k: &K, addr: u64, data: &[u8]) {
+    k.phys().write(k.__pa(addr).unwrap(), data).unwrap();
+}
+
+/// Reads `len` bytes at kernel virtual address `addr` of simulated RAM.
+pub fn read(k: &K, addr: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    k.phys().read(k.__pa(addr).unwrap(), &mut b).unwrap();
+    b
+}
+
+/// `kmem_cache_shrink()` on every cache.
+pub fn shrink_all(k: &K) {
+    for c in k.kmem_caches().iter() {
+        k.kmem_cache_shrink(c).unwrap();
+    }
+}
+
+/// The value of a `/proc/meminfo` field, in kB.
+pub fn meminfo_kb(k: &K, field: &str) -> u64 {
+    let mut s = String::new();
+    kmm::proc_meminfo::meminfo(k, &mut s).unwrap();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(|r| r.trim().trim_end_matches(" kB").parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {field} in {s}"))
+}
+
+/// The value of a `/proc/vmstat` counter.
+pub fn vmstat_value(k: &K, field: &str) -> u64 {
+    let mut s = String::new();
+    kmm::vmstat::vmstat(k, &mut s).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {field} in {s}"))
+        .parse()
+        .unwrap()
+}
