@@ -551,18 +551,9 @@ impl<'k, P: Platform> Mmu<'k, P> {
         virt: u64,
         buf: &mut [u8],
     ) -> Result<(), Fault> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = virt.wrapping_add(done as u64);
-            let (phys, size) = self.translate_sized(cpu, pt, asid, at, Access::Read, false)?;
-            let n = ((size - (at & (size - 1))) as usize).min(buf.len() - done);
-            self.k
-                .phys()
-                .read(phys, &mut buf[done..done + n])
-                .map_err(|_| Fault::new(at, FaultKind::BadPhys, true, Access::Read, false))?;
-            done += n;
-        }
-        Ok(())
+        self.by_page(cpu, pt, asid, virt, buf.len(), Access::Read, |phys, r| {
+            self.k.phys().read(phys, &mut buf[r])
+        })
     }
 
     /// A kernel-mode store of `data` at `virt` through the MMU, page by page.
@@ -576,15 +567,32 @@ impl<'k, P: Platform> Mmu<'k, P> {
         virt: u64,
         data: &[u8],
     ) -> Result<(), Fault> {
+        self.by_page(cpu, pt, asid, virt, data.len(), Access::Write, |phys, r| {
+            self.k.phys().write(phys, &data[r])
+        })
+    }
+
+    /// Translates `len` bytes from `virt` one page at a time (each page's
+    /// size as mapped) and hands `f` the physical address and the byte range
+    /// of each piece; a piece `f` cannot reach is a bad-physical fault.
+    #[allow(clippy::too_many_arguments)] // translate()'s five, plus the length and the callback
+    fn by_page(
+        &self,
+        cpu: usize,
+        pt: &PageTable,
+        asid: u16,
+        virt: u64,
+        len: usize,
+        access: Access,
+        mut f: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), KmmError>,
+    ) -> Result<(), Fault> {
         let mut done = 0;
-        while done < data.len() {
+        while done < len {
             let at = virt.wrapping_add(done as u64);
-            let (phys, size) = self.translate_sized(cpu, pt, asid, at, Access::Write, false)?;
-            let n = ((size - (at & (size - 1))) as usize).min(data.len() - done);
-            self.k
-                .phys()
-                .write(phys, &data[done..done + n])
-                .map_err(|_| Fault::new(at, FaultKind::BadPhys, true, Access::Write, false))?;
+            let (phys, size) = self.translate_sized(cpu, pt, asid, at, access, false)?;
+            let n = ((size - (at & (size - 1))) as usize).min(len - done);
+            f(phys, done..done + n)
+                .map_err(|_| Fault::new(at, FaultKind::BadPhys, true, access, false))?;
             done += n;
         }
         Ok(())
