@@ -182,6 +182,12 @@ impl Platform for SimPlatform {
     fn cond_resched(&self) {
         std::thread::yield_now();
     }
+    fn preempt_count_add(&self, val: u32) -> bool {
+        self.cpus.preempt_count_add(val).is_ok()
+    }
+    fn preempt_count_sub(&self, val: u32) -> bool {
+        self.cpus.preempt_count_sub(val).is_ok()
+    }
 }
 
 /// A size the way a user writes it: `300G`, `64M`, `3K`, or `10 bytes`.
@@ -255,11 +261,20 @@ pub fn split_nodes(map: &[E820Entry], n: usize, align: u64) -> Vec<NodeRange> {
     nodes
 }
 
+/// Bus address of the machine's frame buffer: BAR 0 of a QEMU-like VGA
+/// device at 00:02.0 (device memory for `ioremap`).
+pub const FRAMEBUFFER_PHYS: u64 = 0xfd00_0000;
+/// Size of the frame buffer (16 MiB).
+pub const FRAMEBUFFER_SIZE: u64 = 16 << 20;
+
 /// A booted machine.
 pub struct Machine {
     // Declared first so it is dropped before the RAM it lives in.
     kmm: Box<Kmm<SimPlatform>>,
     ram: Ram,
+    /// The frame buffer's memory when it lies above the RAM mapping (on
+    /// larger machines the PCI hole below 4 GiB is inside it).
+    _framebuffer: Option<Ram>,
     config: MachineConfig,
 }
 
@@ -346,7 +361,17 @@ impl Machine {
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this
         // `Machine`, which drops `kmm` (declared first) before `ram`.
-        let mem = unsafe { kmm::PhysMem::new(ram.as_mut_ptr(), ram.len()) }?;
+        let mut mem = unsafe { kmm::PhysMem::new(ram.as_mut_ptr(), ram.len()) }?;
+        let framebuffer = if FRAMEBUFFER_PHYS >= ram.len() {
+            let fb = Ram::new(FRAMEBUFFER_SIZE).map_err(SimError::Ram)?;
+            // SAFETY: `fb` maps FRAMEBUFFER_SIZE bytes, page aligned, owned by
+            // this `Machine` and dropped after `kmm`; the window starts above
+            // the RAM mapping (checked by `set_device_window`).
+            unsafe { mem.set_device_window(FRAMEBUFFER_PHYS, fb.as_mut_ptr(), fb.len()) }?;
+            Some(fb)
+        } else {
+            None
+        };
         let params = BootParams {
             arch: c.arch,
             page_size: c.page_size,
@@ -359,7 +384,17 @@ impl Machine {
         let mut eb = setup_arch(platform, mem, &params)?;
         early(&mut eb)?;
         let kmm = Box::new(eb.mem_init()?);
-        Ok(Machine { kmm, ram, config })
+        kmm.platform().printk(format_args!(
+            "pci 0000:00:02.0: BAR 0 [mem {:#010x}-{:#010x} pref]",
+            FRAMEBUFFER_PHYS,
+            FRAMEBUFFER_PHYS + FRAMEBUFFER_SIZE - 1
+        ));
+        Ok(Machine {
+            kmm,
+            ram,
+            _framebuffer: framebuffer,
+            config,
+        })
     }
 
     /// The memory manager.

@@ -4,10 +4,11 @@
 use crate::machine::Machine;
 
 /// Files `read` can produce.
-pub const PROC_FILES: [&str; 5] = [
+pub const PROC_FILES: [&str; 6] = [
     "/proc/buddyinfo",
     "/proc/meminfo",
     "/proc/slabinfo",
+    "/proc/vmallocinfo",
     "/proc/vmstat",
     "/proc/zoneinfo",
 ];
@@ -23,6 +24,7 @@ pub fn read(m: &Machine, path: &str) -> Result<String, String> {
         "/proc/vmstat" => kmm::vmstat::vmstat(k, &mut s),
         "/proc/meminfo" => kmm::proc_meminfo::meminfo(k, &mut s),
         "/proc/slabinfo" => kmm::slab_common::slabinfo(k, &mut s),
+        "/proc/vmallocinfo" => kmm::vmalloc::vmallocinfo(k, &mut s),
         _ => {
             return Err(format!(
                 "{path}: no such file (kmm provides {})",

@@ -213,7 +213,8 @@ fn big_on_stack_buffer_overflows_and_is_detected() {
     assert!(k.check_stack(&st).is_err());
     k.free_thread_stack(st).unwrap();
 
-    // With the emulated guard page the push faults and writes nothing.
+    // With CONFIG_VMAP_STACK the push faults on the unmapped page below the
+    // stack and writes nothing.
     k.set_vmap_stack(true);
     let mut st = k.alloc_thread_stack_node(5, 0).unwrap();
     k.push_frame(&mut st, 64, 0x22).unwrap();
@@ -387,5 +388,45 @@ proptest! {
     #[test]
     fn push_pop_x86(ops in prop::collection::vec(op(), 1..80), vmap in any::<bool>()) {
         run_ops("x86", vmap, &ops)?;
+    }
+}
+
+/// `CONFIG_VMAP_STACK`: the stack lives in the vmalloc area, aligned to
+/// THREAD_SIZE, page by page (not physically contiguous), shows in
+/// /proc/vmallocinfo, and the page below it is really unmapped.
+#[test]
+fn vmapped_stack_is_in_the_vmalloc_area() {
+    for arch in ["x86_64", "x86"] {
+        let m = boot(arch, 2 << 30, 2, 1);
+        let k = m.kmm();
+        k.set_vmap_stack(true);
+        let size = k.thread_size();
+        let mut st = k.alloc_thread_stack_node(9, 0).unwrap();
+        assert!(st.is_vmapped());
+        assert!(k.is_vmalloc_addr(st.base()), "{arch}: {:#x}", st.base());
+        assert_eq!(st.base() % size, 0);
+        let info = kmm_sim::procfs::read(&m, "/proc/vmallocinfo").unwrap();
+        let pages = size / k.page_size();
+        let line = info
+            .lines()
+            .find(|l| l.contains(&format!("pages={pages} vmalloc")))
+            .unwrap_or_else(|| panic!("{info}"));
+        assert!(line.contains("task_stack.rs"), "{line}");
+        // Below the base: not mapped in the kernel page table.
+        let pgd = k.swapper_pg_dir().unwrap();
+        assert!(pgd.walk(k, st.base() - 1).is_none());
+        assert!(pgd.walk(k, st.base()).is_some());
+        // The magic and thread_info are where they belong, read through the
+        // mapping.
+        assert_eq!(k.stack_end_word(&st).unwrap(), STACK_END_MAGIC);
+        assert_eq!(k.task_thread_info(&st).unwrap().task, 9);
+        k.push_frame(&mut st, 100, 0x5a).unwrap();
+        let mut b = [0u8; 8];
+        k.vread(st.sp() + 16, &mut b).unwrap();
+        assert_eq!(b, [0x5a; 8]);
+        assert_eq!(k.nr_kernel_stack_kb(), size >> 10);
+        k.free_thread_stack(st).unwrap();
+        assert_eq!(k.nr_kernel_stack_kb(), 0);
+        assert_eq!(k.vmalloc_nr_pages(), 0);
     }
 }

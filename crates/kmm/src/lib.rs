@@ -78,15 +78,32 @@
 //! | `task->stack`, `alloc_thread_stack_node`, `free_thread_stack`, `task_thread_info`, `struct thread_info` | [`KernelStack`], [`Kmm::alloc_thread_stack_node`], [`Kmm::free_thread_stack`], [`Kmm::task_thread_info`], [`task_stack::ThreadInfo`] |
 //! | `end_of_stack`, `STACK_END_MAGIC`, `task_stack_end_corrupted`, `schedule_debug` (stack check) | [`KernelStack::end_of_stack`], [`task_stack::STACK_END_MAGIC`], [`Kmm::task_stack_end_corrupted`], [`Kmm::check_stack`] |
 //! | `stack_not_used`, `check_stack_usage` (`CONFIG_DEBUG_STACK_USAGE`) | [`Kmm::stack_not_used`], [`Kmm::stack_high_water`], [`Kmm::free_thread_stack`] |
+//! | `swapper_pg_dir` / `init_mm.pgd`, `init_mem_mapping`, `kernel_physical_mapping_init`, `direct_pages_count` | [`Kmm::swapper_pg_dir`] (built at boot by [`EarlyBoot::mem_init`]), [`Kmm::direct_map_pages`] |
+//! | `PAGE_OFFSET`, `high_memory`, `VMALLOC_START`, `VMALLOC_END`, `PKMAP_BASE`, `LAST_PKMAP`, `FIXADDR_START`, `FIXADDR_TOP`, `__fix_to_virt`, `PAGE_KERNEL` | [`arch::init::KernelLayout`] ([`Kmm::kernel_layout`]), [`arch::init::PAGE_KERNEL`] |
+//! | `vmalloc`, `vzalloc`, `vmalloc_32`, `vmalloc_node`, `__vmalloc`, `__vmalloc_node_range`, `vfree` | [`Kmm::vmalloc`], [`Kmm::vzalloc`], [`Kmm::vmalloc_32`], [`Kmm::vmalloc_node`], [`Kmm::__vmalloc`], used by [`Kmm::alloc_thread_stack_node`] for vmapped stacks, [`Kmm::vfree`] |
+//! | `vmap`, `vunmap`, `vmalloc_to_page`, `vmalloc_to_pfn`, `is_vmalloc_addr`, `vread` | [`Kmm::vmap`], [`Kmm::vunmap`], [`Kmm::vmalloc_to_page`], [`Kmm::vmalloc_to_pfn`], [`Kmm::is_vmalloc_addr`], [`Kmm::vread`] ([`Kmm::vwrite`]) |
+//! | `struct vm_struct`, `VM_IOREMAP`/`VM_ALLOC`/`VM_MAP`/..., `get_vm_area`, `free_vm_area`, `find_vm_area`, `vm_unmap_aliases` | [`VmStruct`], [`VmFlags`], [`Kmm::get_vm_area`], [`Kmm::free_vm_area`], [`Kmm::find_vm_area`], [`Kmm::vm_unmap_aliases`] |
+//! | `ioremap`, `ioremap_uc`, `ioremap_wc`, `ioremap_cache`, `iounmap` | [`Kmm::ioremap`], [`Kmm::ioremap_uc`], [`Kmm::ioremap_wc`], [`Kmm::ioremap_cache`], [`Kmm::iounmap`] (`readb`..`writel`: `kmm_sim::mmu`) |
+//! | `/proc/vmallocinfo`, `VmallocTotal`, `VmallocUsed`, `vmalloc_nr_pages` | [`vmalloc::vmallocinfo`], [`Kmm::vmalloc_total`], [`Kmm::vmalloc_nr_pages`] |
+//! | `kmap`, `kunmap`, `kmap_atomic`, `kunmap_atomic`, `pkmap_count`, `flush_all_zero_pkmaps`, `pagefault_disabled` | [`Kmm::kmap`], [`Kmm::kunmap`], [`Kmm::kmap_atomic`], [`Kmm::kunmap_atomic`], [`Kmm::pkmap_stats`], [`Kmm::pagefault_disabled`] |
 //! | a call chain on the stack (frames, `current_stack_pointer`) | [`Kmm::push_frame`], [`Kmm::pop_frame`], [`KernelStack::sp`] |
 //! | `NR_KERNEL_STACK_KB` (`KernelStack:` in `/proc/meminfo`, `nr_kernel_stack` in `/proc/vmstat`) | [`Kmm::nr_kernel_stack_kb`] |
 //! | `IRQ_STACK_SIZE`, `hardirq_stack_ptr`, `irq_init_percpu_irqstack` | [`Kmm::irq_stack_size`], [`IrqStack::top`], [`Kmm::irq_stack`], [`Kmm::init_irq_stacks`] |
+//! | `struct rb_node` (embedded in an object in RAM), `struct rb_root`, `RB_ROOT`, `RB_EMPTY_ROOT`, `struct rb_root_cached`, `rb_entry`, `rb_entry_safe` | 24 bytes at [`rbtree::RB_NODE_SIZE`], [`rbtree::RbRoot`], [`rbtree::RbRoot::EMPTY`], [`rbtree::RbRoot::is_empty`], [`rbtree::RbRootCached`], [`rbtree::rb_entry`], [`rbtree::rb_entry_safe`] |
+//! | `rb_parent`, `rb_color`, `rb_is_red`, `rb_is_black`, `RB_CLEAR_NODE`, `RB_EMPTY_NODE`, `rb_left`/`rb_right` fields, `struct rb_node **rb_link` | [`rbtree::rb_parent`], [`rbtree::rb_color`], [`rbtree::rb_is_red`], [`rbtree::rb_is_black`], [`rbtree::rb_clear_node`], [`rbtree::rb_empty_node`], [`rbtree::rb_left`], [`rbtree::rb_right`], [`rbtree::RbLink`] |
+//! | `rb_link_node`, `rb_insert_color`, `rb_erase`, `rb_replace_node` | [`rbtree::rb_link_node`], [`rbtree::rb_insert_color`], [`rbtree::rb_erase`], [`rbtree::rb_replace_node`] |
+//! | `rb_first`, `rb_last`, `rb_next`, `rb_prev`, `rb_first_postorder`, `rb_next_postorder` | [`rbtree::rb_first`], [`rbtree::rb_last`], [`rbtree::rb_next`], [`rbtree::rb_prev`], [`rbtree::rb_first_postorder`], [`rbtree::rb_next_postorder`] |
+//! | `rb_first_cached`, `rb_insert_color_cached`, `rb_erase_cached`, `rb_replace_node_cached`, `rb_add_cached` | [`rbtree::rb_first_cached`], [`rbtree::rb_insert_color_cached`], [`rbtree::rb_erase_cached`], [`rbtree::rb_replace_node_cached`], [`rbtree::rb_add_cached`] |
+//! | `rb_add`, `rb_find_add`, `rb_find`, `rb_find_first` (and lower/upper-bound walks such as `find_vma`'s) | [`rbtree::rb_add`], [`rbtree::rb_find_add`], [`rbtree::rb_find`], [`rbtree::rb_find_first`], [`rbtree::rb_first_ge`], [`rbtree::rb_first_gt`], [`rbtree::rb_last_le`], [`rbtree::rb_last_lt`] |
+//! | `struct rb_augment_callbacks`, `RB_DECLARE_CALLBACKS`, `rb_insert_augmented`, `rb_erase_augmented` | [`rbtree::RbAugment`], [`rbtree::RbCallbacks`] + [`rbtree::RbAugmentCompute`], [`rbtree::rb_insert_augmented`] / [`rbtree::rb_add_augmented`], [`rbtree::rb_erase_augmented`] |
+//! | `lib/rbtree_test.c`'s `check()`/`check_augmented()`, `browse_rb()` | [`rbtree::rb_check`], [`rbtree::rb_check_augmented`] |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
 pub mod arch;
 pub mod error;
 pub mod gfp;
+pub mod highmem;
 pub(crate) mod list;
 pub mod memblock;
 pub mod mempool;
@@ -101,10 +118,12 @@ pub mod pgtable;
 pub mod platform;
 pub mod proc_meminfo;
 pub mod ram;
+pub mod rbtree;
 pub mod slab;
 pub mod slab_common;
 pub mod spinlock;
 pub mod task_stack;
+pub mod vmalloc;
 pub mod vmstat;
 
 pub use arch::Arch;
@@ -121,6 +140,7 @@ pub use ram::PhysMem;
 pub use slab::{KmemCache, ObjectInit, SlabFlags};
 pub use slab_common::ZERO_SIZE_PTR;
 pub use task_stack::{IrqStack, KernelStack};
+pub use vmalloc::{VmFlags, VmStruct};
 
 /// `MAX_ORDER`: the buddy lists hold blocks of order 0 to `MAX_ORDER - 1` (10).
 pub const MAX_ORDER: usize = 11;

@@ -28,6 +28,8 @@ pub enum ReserveKind {
     PerCpu,
     /// `alloc_bootmem*()` / `memblock_alloc()` by early code.
     Bootmem,
+    /// The kernel page table (`swapper_pg_dir` and the tables below it).
+    PageTable,
 }
 
 /// `struct memblock_region`.

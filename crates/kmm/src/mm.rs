@@ -103,6 +103,10 @@ pub struct Kmm<P: Platform> {
     pub(crate) percpu: crate::percpu::PcpuState,
     /// Kernel stacks: `THREAD_SIZE`, `NR_KERNEL_STACK_KB`, interrupt stacks.
     pub(crate) task_stack: crate::task_stack::StackState,
+    /// The kernel page table, the layout and the vmalloc allocator.
+    pub(crate) vm: crate::vmalloc::VmallocState,
+    /// Permanent and atomic kmaps of high memory.
+    pub(crate) highmem: crate::highmem::HighmemState,
 }
 
 impl<P: Platform> Kmm<P> {
@@ -312,13 +316,16 @@ impl<P: Platform> Kmm<P> {
         self.phys_to_page(self.__pa(virt)?)
     }
 
-    /// `page_address()`: the page's direct-map address, or `None` (NULL) for a
-    /// high-memory page, which has no permanent mapping.
+    /// `page_address()`: the page's direct-map address; for a high-memory
+    /// page its `kmap` address while it is kmapped, else `None` (NULL).
     pub fn page_address(&self, page: &Page) -> Option<u64> {
         let phys = self.page_to_phys(page).ok()?;
-        self.arch
-            .is_lowmem(phys)
-            .then(|| self.arch.phys_to_virt(phys))
+        if self.arch.is_lowmem(phys) {
+            Some(self.arch.phys_to_virt(phys))
+        } else {
+            // A highmem page has an address only while kmapped.
+            self.pkmap_address(phys >> self.page_shift)
+        }
     }
 
     /// `PageHighMem()`.

@@ -533,6 +533,26 @@ impl<P: Platform> EarlyBoot<P> {
             bootmem_bytes: self.memblock.reserved_bytes(ReserveKind::Bootmem),
             totalhigh_pages: 0,
         };
+        // The kernel page-table format (4K pages only: x86 has no other
+        // size); a 32-bit machine with RAM above 4 GiB needs PAE.
+        let kernel_fmt = (page_size == 4096).then(|| {
+            let fmts = arch.paging_formats();
+            if arch.bits == 32 && max_phys > 1 << 32 {
+                fmts[1]
+            } else {
+                fmts[0]
+            }
+        });
+        let lowmem_end = max_phys.min(arch.max_lowmem.unwrap_or(u64::MAX));
+        let layout = match kernel_fmt {
+            Some(fmt) => crate::arch::init::KernelLayout::new(arch, fmt, lowmem_end, self.nr_cpus),
+            None => crate::arch::init::KernelLayout::new(
+                arch,
+                arch.paging_formats()[0],
+                lowmem_end,
+                self.nr_cpus,
+            ),
+        };
         let mut kmm = Kmm {
             platform: self.platform,
             mem: self.mem,
@@ -562,7 +582,36 @@ impl<P: Platform> EarlyBoot<P> {
             slab: crate::slab::SlabState::new(slab_boot.0, slab_boot.1),
             percpu,
             task_stack: crate::task_stack::StackState::new(),
+            vm: crate::vmalloc::VmallocState::new(layout),
+            highmem: crate::highmem::HighmemState::new(),
         };
+
+        // init_mem_mapping(): swapper_pg_dir and the direct map, from memblock.
+        if let Some(fmt) = kernel_fmt {
+            let mut ram = [(0u64, 0u64); crate::memblock::MEMBLOCK_REGIONS];
+            let mut nram = 0;
+            for r in self.memblock.memory.regions() {
+                let end = r.end().min(lowmem_end);
+                if r.base < end && nram < ram.len() {
+                    ram[nram] = (r.base, end);
+                    nram += 1;
+                }
+            }
+            let built = crate::arch::init::build_kernel_page_table(
+                &kmm.mem,
+                fmt,
+                &mut self.memblock,
+                arch,
+                &layout,
+                &ram[..nram],
+            )?;
+            kmm.vm.pgd = Some(crate::pgtable::PageTable {
+                root: built.root,
+                fmt,
+            });
+            kmm.vm.direct = built.direct;
+            kmm.vm.boot_table_pages = built.table_pages;
+        }
 
         // memblock_free_all(): every whole free page goes to the buddy lists.
         let mut freed = 0;
@@ -646,6 +695,43 @@ impl<P: Platform> EarlyBoot<P> {
                 "Memory: {free_k}K/{phys_k}K available ({}K kernel code, {}K rwdata, {}K rodata, {}K init, {}K bss, {res_k}K reserved, 0K cma-reserved)",
                 secs[0], secs[1], secs[2], secs[3], secs[4]
             );
+        }
+        if let Some(fmt) = kernel_fmt.filter(|_| arch.max_lowmem.is_some()) {
+            let lay = kmm.vm.layout;
+            let kb = |a: u64, b: u64| (b - a) >> 10;
+            let mb = |a: u64, b: u64| (b - a) >> 20;
+            let fix_end = lay.fixaddr_top;
+            let pk_end = lay.pkmap_base + ((lay.last_pkmap as u64) << 12);
+            pr!(p_of(&kmm), "virtual kernel memory layout:");
+            pr!(
+                p_of(&kmm),
+                "    fixmap  : 0x{:08x} - 0x{:08x}   ({:4} kB)",
+                lay.fixaddr_start,
+                fix_end,
+                kb(lay.fixaddr_start, fix_end)
+            );
+            pr!(
+                p_of(&kmm),
+                "    pkmap   : 0x{:08x} - 0x{:08x}   ({:4} kB)",
+                lay.pkmap_base,
+                pk_end,
+                kb(lay.pkmap_base, pk_end)
+            );
+            pr!(
+                p_of(&kmm),
+                "    vmalloc : 0x{:08x} - 0x{:08x}   ({:4} MB)",
+                lay.vmalloc_start,
+                lay.vmalloc_end,
+                mb(lay.vmalloc_start, lay.vmalloc_end)
+            );
+            pr!(
+                p_of(&kmm),
+                "    lowmem  : 0x{:08x} - 0x{:08x}   ({:4} MB)",
+                lay.page_offset,
+                lay.high_memory,
+                mb(lay.page_offset, lay.high_memory)
+            );
+            pr!(p_of(&kmm), "kernel page table: {}", fmt.name());
         }
         kmm.kmem_cache_init()?;
         Ok(kmm)

@@ -83,7 +83,7 @@ impl<P: Platform> Kmm<P> {
         if gfp.allows_blocking() {
             let (pc, irqs) = self.platform.atomic_state_of(cpu);
             if pc != 0 || irqs {
-                return Err(self.sleep_in_atomic(pc, irqs));
+                return Err(self.sleep_in_atomic(pc, irqs, "mm/page_alloc.rs", line!()));
             }
         }
         let ac = AllocContext {
@@ -180,15 +180,24 @@ impl<P: Platform> Kmm<P> {
         self.__get_free_pages(gfp | GfpFlags::__GFP_ZERO, 0)
     }
 
+    /// `might_sleep()` at `file:line`: an error (after Linux's report) when
+    /// the caller runs in atomic context.
+    pub(crate) fn might_sleep(&self, file: &str, line: u32) -> Result<(), KmmError> {
+        let (pc, irqs) = self.platform.atomic_state();
+        if pc != 0 || irqs {
+            return Err(self.sleep_in_atomic(pc, irqs, file, line));
+        }
+        Ok(())
+    }
+
     /// `might_sleep()`'s report: a sleeping allocation in atomic context is a bug.
     #[cold]
     #[inline(never)]
-    fn sleep_in_atomic(&self, pc: u32, irqs: bool) -> KmmError {
+    pub(crate) fn sleep_in_atomic(&self, pc: u32, irqs: bool, file: &str, line: u32) -> KmmError {
         self.events.sleep_in_atomic.fetch_add(1, Relaxed);
         let p = &self.platform;
         p.printk(format_args!(
-            "BUG: sleeping function called from invalid context at mm/page_alloc.rs:{}",
-            line!()
+            "BUG: sleeping function called from invalid context at {file}:{line}"
         ));
         self.with_current(&mut |pid, comm| {
             p.printk(format_args!(

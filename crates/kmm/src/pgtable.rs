@@ -207,8 +207,8 @@ pub struct Mapping {
 /// ([`Kmm::pgd_free`]). Not `Clone`: one owner changes the tables.
 #[derive(Debug)]
 pub struct PageTable {
-    root: u64,
-    fmt: &'static dyn PagingFormat,
+    pub(crate) root: u64,
+    pub(crate) fmt: &'static dyn PagingFormat,
 }
 
 /// The path of a walk: the table and index used at each level.

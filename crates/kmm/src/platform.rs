@@ -112,4 +112,25 @@ pub trait Platform: Sync {
     /// `cond_resched()` / `congestion_wait()`: let other work run before the
     /// allocator retries. Called only where the caller may sleep.
     fn cond_resched(&self) {}
+
+    /// `flush_tlb_kernel_range()`: make every CPU forget its translations
+    /// of kernel addresses in `[start, end)` (IPIs to the other CPUs) before
+    /// returning. The vmalloc allocator calls it before it reuses an
+    /// unmapped range; a machine without an MMU model need not do anything.
+    fn flush_tlb_kernel_range(&self, _start: u64, _end: u64) {}
+
+    /// `flush_tlb_one_kernel()`: the current CPU forgets its translation of
+    /// kernel address `addr` (`invlpg`; no IPI). `kunmap_atomic` needs it.
+    fn flush_tlb_one_kernel(&self, _addr: u64) {}
+
+    /// `preempt_count_add()` on the current CPU (`preempt_disable()` adds 1).
+    /// False when the count cannot take it (a nesting field would overflow).
+    fn preempt_count_add(&self, _val: u32) -> bool {
+        true
+    }
+
+    /// `preempt_count_sub()` on the current CPU. False on underflow.
+    fn preempt_count_sub(&self, _val: u32) -> bool {
+        true
+    }
 }

@@ -53,7 +53,25 @@ pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     line(out, "SUnreclaim", kb(sunrec))?;
     line(out, "KernelStack", k.nr_kernel_stack_kb())?;
     line(out, "PageTables", kb(k.nr_page_table_pages()))?;
+    if k.swapper_pg_dir().is_some() {
+        line(out, "VmallocTotal", k.vmalloc_total() >> 10)?;
+        line(out, "VmallocUsed", kb(k.vmalloc_nr_pages()))?;
+        line(out, "VmallocChunk", 0)?;
+    }
     // After VmallocChunk in Linux: the bytes of every chunk, all units.
     line(out, "Percpu", kb(k.pcpu_nr_pages()))?;
+    // arch_report_meminfo(): the direct map by page size.
+    for (size, pages) in k.direct_map_pages().by_size {
+        if size == 0 {
+            continue;
+        }
+        let label = match size {
+            s if s >= 1 << 30 => "DirectMap1G",
+            s if s >= 4 << 20 => "DirectMap4M",
+            s if s >= 2 << 20 => "DirectMap2M",
+            _ => "DirectMap4k",
+        };
+        line(out, label, pages * (size >> 10))?;
+    }
     Ok(())
 }

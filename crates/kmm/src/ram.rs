@@ -18,6 +18,10 @@ use core::ptr::NonNull;
 pub struct PhysMem {
     base: NonNull<u8>,
     len: u64,
+    /// Device memory (a PCI BAR) at bus address `io_phys`, if any.
+    io_base: Option<NonNull<u8>>,
+    io_phys: u64,
+    io_len: u64,
 }
 
 // SAFETY: `PhysMem` is a window onto memory the simulated machine owns for its
@@ -56,7 +60,45 @@ impl PhysMem {
                 why: "RAM base is not page aligned",
             });
         }
-        Ok(PhysMem { base, len })
+        Ok(PhysMem {
+            base,
+            len,
+            io_base: None,
+            io_phys: 0,
+            io_len: 0,
+        })
+    }
+
+    /// Adds a window of device memory (a frame buffer behind a PCI BAR) at
+    /// physical addresses `phys..phys+len`, above RAM: reads and writes there
+    /// reach `base..base+len` (what `ioremap` maps).
+    ///
+    /// # Safety
+    /// As for [`Self::new`], for `base..base+len`; the window must not
+    /// overlap RAM (`phys >= self.len()`).
+    pub unsafe fn set_device_window(
+        &mut self,
+        phys: u64,
+        base: *mut u8,
+        len: u64,
+    ) -> Result<(), KmmError> {
+        let base = NonNull::new(base).ok_or(KmmError::BadMachine {
+            why: "device memory pointer is null",
+        })?;
+        if phys < self.len || phys.checked_add(len).is_none() {
+            return Err(KmmError::BadMachine {
+                why: "device memory overlaps RAM",
+            });
+        }
+        self.io_base = Some(base);
+        self.io_phys = phys;
+        self.io_len = len;
+        Ok(())
+    }
+
+    /// The device-memory window as `(phys, len)`, if there is one.
+    pub fn device_window(&self) -> Option<(u64, u64)> {
+        self.io_base.map(|_| (self.io_phys, self.io_len))
     }
 
     /// Size of the physical address space in bytes.
@@ -75,6 +117,19 @@ impl PhysMem {
                 // SAFETY: `phys + len <= self.len`, so the offset stays inside the
                 // mapping promised by `new`.
                 Ok(unsafe { self.base.as_ptr().add(phys as usize) })
+            }
+            _ => self.check_io(phys, len),
+        }
+    }
+
+    #[cold]
+    fn check_io(&self, phys: u64, len: usize) -> Result<*mut u8, KmmError> {
+        let off = phys.wrapping_sub(self.io_phys);
+        match (self.io_base, off.checked_add(len as u64)) {
+            (Some(io), Some(end)) if phys >= self.io_phys && end <= self.io_len => {
+                // SAFETY: `off + len <= io_len`, inside the device window
+                // promised by `set_device_window`.
+                Ok(unsafe { io.as_ptr().add(off as usize) })
             }
             _ => Err(KmmError::InvalidAddress {
                 addr: phys,
@@ -262,5 +317,45 @@ impl<T: RamSafe> RamArray<T> {
         // zero-filled, and every bit pattern is a valid `T` (`RamSafe`); all
         // mutation goes through atomics, so shared references are sound.
         unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// Page-aligned host memory for unit tests, with a [`PhysMem`] over it.
+#[cfg(test)]
+pub(crate) struct HostRam {
+    base: NonNull<u8>,
+    layout: std::alloc::Layout,
+    mem: PhysMem,
+}
+
+#[cfg(test)]
+impl HostRam {
+    /// `len` bytes (rounded up to a page) of zeroed host memory.
+    pub(crate) fn new(len: usize) -> HostRam {
+        let layout = std::alloc::Layout::from_size_align(len.max(1).next_multiple_of(4096), 4096)
+            .expect("host RAM layout");
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: `base..base+size` was just allocated for this value alone and
+        // is page aligned; it is freed only when the `HostRam` is dropped, and
+        // `mem` can only be borrowed from it, so it never outlives the mapping.
+        let mem = unsafe { PhysMem::new(base.as_ptr(), layout.size() as u64) }
+            .expect("page-aligned host RAM");
+        HostRam { base, layout, mem }
+    }
+
+    /// The RAM as the memory manager sees it.
+    pub(crate) fn mem(&self) -> &PhysMem {
+        &self.mem
+    }
+}
+
+#[cfg(test)]
+impl Drop for HostRam {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed(layout)` in `new` and is freed
+        // only here; no borrow of `mem` can outlive `self`.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
     }
 }

@@ -34,12 +34,15 @@
 //! emulated guard page ([`Kmm::set_vmap_stack`]) the push writes nothing and
 //! reports Linux's `BUG: TASK stack guard page was hit`.
 //!
-//! Not done: real virtually mapped stacks (`CONFIG_VMAP_STACK`) need vmalloc,
-//! which kmm does not have yet; the guard page here is emulated (no page is
-//! reserved or mapped, a push that would cross the stack's base is refused as
-//! the MMU would fault on the unmapped page below it). Linux's per-CPU cache
-//! of freed stacks (`cached_stacks[]`) belongs to that vmap path and is not
-//! done either.
+//! With [`Kmm::set_vmap_stack`] (`CONFIG_VMAP_STACK`) new stacks come from
+//! the vmalloc area (`__vmalloc_node_range` with `THREAD_ALIGN`), their pages
+//! one at a time, and every access goes through the kernel page table. The
+//! page below the base is unmapped (the guard page of the range below, or a
+//! hole), so a frame that crosses the base really faults in the page-table
+//! walk and is reported as `BUG: TASK stack guard page was hit`. On a machine
+//! without a kernel page table (page sizes other than 4K) the guard page is
+//! emulated instead. Not done: Linux's per-CPU cache of freed vmapped stacks
+//! (`cached_stacks[]`).
 
 use crate::error::KmmError;
 use crate::gfp::GfpFlags;
@@ -95,7 +98,7 @@ pub fn default_irq_stack_size(bits: u32, thread_size: u64) -> u64 {
 pub struct StackState {
     /// Chosen `THREAD_SIZE_ORDER`, or `NO_SETTING` for the profile default.
     order: AtomicU32,
-    /// `CONFIG_VMAP_STACK`, emulated: refuse pushes below the stack.
+    /// `CONFIG_VMAP_STACK`: new stacks are virtually mapped.
     vmap: AtomicBool,
     /// `NR_KERNEL_STACK_KB`.
     kernel_stack_kb: AtomicU64,
@@ -158,15 +161,25 @@ pub struct KernelStack {
     /// Current stack pointer, as an offset from the base.
     sp: u64,
     depth: u32,
+    /// Virtually mapped (`CONFIG_VMAP_STACK`): reached through the kernel
+    /// page table, with an unmapped guard page below.
+    vmapped: bool,
 }
 
 impl KernelStack {
-    /// Physical address of the base (where `thread_info` is).
+    /// Physical address of the base (where `thread_info` is). A virtually
+    /// mapped stack is not physically contiguous: this is its first page.
     pub fn phys(&self) -> u64 {
         self.phys
     }
 
-    /// `task_stack_page()`: the direct-map address of the base.
+    /// True for a virtually mapped stack (in the vmalloc area).
+    pub fn is_vmapped(&self) -> bool {
+        self.vmapped
+    }
+
+    /// `task_stack_page()`: the address of the base (direct map, or vmalloc
+    /// area for a virtually mapped stack).
     pub fn base(&self) -> u64 {
         self.virt
     }
@@ -280,9 +293,11 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
-    /// Turns the emulated `CONFIG_VMAP_STACK` guard page on or off: with it, a
-    /// push that would reach below a stack writes nothing and reports
-    /// `BUG: TASK stack guard page was hit`.
+    /// Turns `CONFIG_VMAP_STACK` on or off for stacks allocated from now
+    /// on: they are virtually mapped with an unmapped guard page below, and
+    /// a push that would reach below a stack writes nothing and reports
+    /// `BUG: TASK stack guard page was hit`. (Without a kernel page table,
+    /// the guard page is emulated for every stack.)
     pub fn set_vmap_stack(&self, on: bool) {
         self.task_stack.vmap.store(on, Relaxed);
     }
@@ -316,6 +331,9 @@ impl<P: Platform> Kmm<P> {
     pub fn alloc_thread_stack_node(&self, task: u64, nid: usize) -> Result<KernelStack, KmmError> {
         let order = self.thread_size_order();
         let gfp = GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO;
+        if self.vmap_stack() && self.swapper_pg_dir().is_some() {
+            return self.alloc_vmap_stack(task, nid, order, gfp);
+        }
         let page = self.alloc_pages_node(nid, gfp, order)?;
         let phys = self.page_to_phys(page)?;
         let virt = match self.__va(phys) {
@@ -336,25 +354,73 @@ impl<P: Platform> Kmm<P> {
             task,
             sp: size,
             depth: 0,
+            vmapped: false,
         };
+        let written = self.init_stack(&st);
+        if let Err(e) = written {
+            let _ = self.__free_pages(page, order);
+            return Err(e);
+        }
+        self.account_stack(&st);
+        Ok(st)
+    }
+
+    fn account_stack(&self, st: &KernelStack) {
+        self.task_stack.nr_stacks.fetch_add(1, Relaxed);
+        self.task_stack
+            .kernel_stack_kb
+            .fetch_add(st.size >> 10, Relaxed);
+    }
+
+    /// `thread_info` at the base, the magic at `end_of_stack()`.
+    fn init_stack(&self, st: &KernelStack) -> Result<(), KmmError> {
         let ti = ThreadInfo {
             flags: 0,
             cpu: self.platform.smp_processor_id() as u32,
             preempt_count: 0,
             status: 0,
-            task,
+            task: st.task,
         };
-        let written = self
-            .write_thread_info(&st, &ti)
-            .and_then(|()| self.write_word(phys + THREAD_INFO_SIZE, st.word, STACK_END_MAGIC));
-        if let Err(e) = written {
-            let _ = self.__free_pages(page, order);
+        self.write_thread_info(st, &ti)?;
+        self.write_word(st, THREAD_INFO_SIZE, STACK_END_MAGIC)
+    }
+
+    /// `alloc_thread_stack_node()` with `CONFIG_VMAP_STACK`:
+    /// `__vmalloc_node(THREAD_SIZE, THREAD_ALIGN, THREADINFO_GFP, node)`.
+    fn alloc_vmap_stack(
+        &self,
+        task: u64,
+        nid: usize,
+        order: u32,
+        gfp: GfpFlags,
+    ) -> Result<KernelStack, KmmError> {
+        let size = self.page_size() << order;
+        let caller = core::panic::Location::caller();
+        let virt = self.__vmalloc_node_range(size, size, gfp, Some(nid), false, caller)?;
+        let phys = match self.vmalloc_to_pfn(virt) {
+            Ok(pfn) => self.pfn_phys(pfn),
+            Err(e) => {
+                let _ = self.vfree(virt);
+                return Err(e);
+            }
+        };
+        let st = KernelStack {
+            phys,
+            virt,
+            order,
+            size,
+            word: self.stack_word(),
+            nid,
+            task,
+            sp: size,
+            depth: 0,
+            vmapped: true,
+        };
+        if let Err(e) = self.init_stack(&st) {
+            let _ = self.vfree(virt);
             return Err(e);
         }
-        self.task_stack.nr_stacks.fetch_add(1, Relaxed);
-        self.task_stack
-            .kernel_stack_kb
-            .fetch_add(size >> 10, Relaxed);
+        self.account_stack(&st);
         Ok(st)
     }
 
@@ -364,8 +430,12 @@ impl<P: Platform> Kmm<P> {
     /// stack came closer to its end than any before it.
     pub fn free_thread_stack(&self, st: KernelStack) -> Result<(), KmmError> {
         let free = self.stack_not_used(&st)?;
-        let page = self.phys_to_page(st.phys)?;
-        self.__free_pages(page, st.order)?;
+        if st.vmapped {
+            self.vfree(st.virt)?;
+        } else {
+            let page = self.phys_to_page(st.phys)?;
+            self.__free_pages(page, st.order)?;
+        }
         self.task_stack.nr_stacks.fetch_sub(1, Relaxed);
         self.task_stack
             .kernel_stack_kb
@@ -379,13 +449,46 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
-    fn write_word(&self, phys: u64, word: u64, v: u64) -> Result<(), KmmError> {
-        self.mem.write(phys, &v.to_le_bytes()[..word as usize])
+    /// Writes `data` at byte `off` of the stack (through the kernel page
+    /// table for a virtually mapped stack).
+    fn stack_write(&self, st: &KernelStack, off: u64, data: &[u8]) -> Result<(), KmmError> {
+        if st.vmapped {
+            self.vwrite(st.virt + off, data)
+        } else {
+            self.mem.write(st.phys + off, data)
+        }
     }
 
-    fn read_word(&self, phys: u64, word: u64) -> Result<u64, KmmError> {
+    fn stack_read(&self, st: &KernelStack, off: u64, buf: &mut [u8]) -> Result<(), KmmError> {
+        if st.vmapped {
+            self.vread(st.virt + off, buf)
+        } else {
+            self.mem.read(st.phys + off, buf)
+        }
+    }
+
+    fn stack_fill(&self, st: &KernelStack, off: u64, len: u64, byte: u8) -> Result<(), KmmError> {
+        if st.vmapped {
+            let chunk = [byte; 256];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(chunk.len() as u64);
+                self.vwrite(st.virt + off + done, &chunk[..n as usize])?;
+                done += n;
+            }
+            Ok(())
+        } else {
+            self.mem.fill(st.phys + off, len as usize, byte)
+        }
+    }
+
+    fn write_word(&self, st: &KernelStack, off: u64, v: u64) -> Result<(), KmmError> {
+        self.stack_write(st, off, &v.to_le_bytes()[..st.word as usize])
+    }
+
+    fn read_word(&self, st: &KernelStack, off: u64) -> Result<u64, KmmError> {
         let mut b = [0u8; 8];
-        self.mem.read(phys, &mut b[..word as usize])?;
+        self.stack_read(st, off, &mut b[..st.word as usize])?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -396,14 +499,14 @@ impl<P: Platform> Kmm<P> {
         b[8..12].copy_from_slice(&ti.preempt_count.to_le_bytes());
         b[12..16].copy_from_slice(&ti.status.to_le_bytes());
         b[16..24].copy_from_slice(&ti.task.to_le_bytes());
-        self.mem.write(st.phys, &b)
+        self.stack_write(st, 0, &b)
     }
 
     /// `task_thread_info()`: the `thread_info` at the base of the stack, as it
     /// is in RAM now (an overflow may have overwritten it).
     pub fn task_thread_info(&self, st: &KernelStack) -> Result<ThreadInfo, KmmError> {
         let mut b = [0u8; THREAD_INFO_SIZE as usize];
-        self.mem.read(st.phys, &mut b)?;
+        self.stack_read(st, 0, &mut b)?;
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let mut t = [0u8; 8];
         t.copy_from_slice(&b[16..24]);
@@ -418,7 +521,7 @@ impl<P: Platform> Kmm<P> {
 
     /// The word at `end_of_stack()` as it is in RAM now.
     pub fn stack_end_word(&self, st: &KernelStack) -> Result<u64, KmmError> {
-        self.read_word(st.phys + THREAD_INFO_SIZE, st.word)
+        self.read_word(st, THREAD_INFO_SIZE)
     }
 
     /// `task_stack_end_corrupted()`: the magic at `end_of_stack()` is gone.
@@ -452,10 +555,9 @@ impl<P: Platform> Kmm<P> {
     /// high-water mark of the stack is `size() - THREAD_INFO_SIZE - this`.
     /// Frames filled with zero bytes are invisible to it, as on Linux.
     pub fn stack_not_used(&self, st: &KernelStack) -> Result<u64, KmmError> {
-        let end = st.phys + THREAD_INFO_SIZE;
-        let top = st.phys + st.size;
+        let end = THREAD_INFO_SIZE;
         let mut n = end + st.word;
-        while n < top && self.read_word(n, st.word)? == 0 {
+        while n < st.size && self.read_word(st, n)? == 0 {
             n += st.word;
         }
         Ok(n - end)
@@ -484,8 +586,21 @@ impl<P: Platform> Kmm<P> {
         let w = st.word;
         let frame = size.max(1).div_ceil(w).saturating_mul(w);
         if frame > st.sp {
-            let fault = st.virt - (frame - st.sp);
-            if self.vmap_stack() {
+            let mut fault = st.virt - (frame - st.sp);
+            if st.vmapped {
+                // The real thing: the frame's lowest bytes fall in the
+                // unmapped page below the stack, and the store faults.
+                match self.vwrite(fault, &[pattern]) {
+                    Err(KmmError::NotMapped { virt }) => fault = virt,
+                    other => {
+                        other?;
+                        return Err(KmmError::InvalidArgument {
+                            what: "the page below a virtually mapped stack is mapped",
+                        });
+                    }
+                }
+            }
+            if self.vmap_stack() || st.vmapped {
                 self.platform.printk(format_args!(
                     "BUG: TASK stack guard page was hit at {fault:#x} (stack is {:#x}..{:#x})",
                     st.virt,
@@ -501,7 +616,7 @@ impl<P: Platform> Kmm<P> {
             }
             // Without a guard page: the bytes inside the block are written
             // (thread_info and the magic are trashed); the rest is not.
-            self.mem.fill(st.phys, st.sp as usize, pattern)?;
+            self.stack_fill(st, 0, st.sp, pattern)?;
             self.platform.printk(format_args!(
                 "kmm: task {} kernel stack overflow: frame of {frame} bytes would write {} bytes below the stack at {:#x}",
                 st.task,
@@ -514,12 +629,12 @@ impl<P: Platform> Kmm<P> {
             });
         }
         let new_sp = st.sp - frame;
-        let at = st.phys + new_sp;
         if frame > w {
-            self.mem.fill(at + w, (frame - w) as usize, pattern)?;
+            self.stack_fill(st, new_sp + w, frame - w, pattern)?;
         }
         // The saved frame pointer: the caller's stack pointer.
-        self.write_word(at, w, st.virt + st.sp)?;
+        let link = st.virt + st.sp;
+        self.write_word(st, new_sp, link)?;
         st.sp = new_sp;
         st.depth += 1;
         Ok(())
@@ -534,7 +649,7 @@ impl<P: Platform> Kmm<P> {
                 what: "pop_frame on a stack with no frames",
             });
         }
-        let link = self.read_word(st.phys + st.sp, st.word)?;
+        let link = self.read_word(st, st.sp)?;
         let cur = st.virt + st.sp;
         if link <= cur || link > st.top() {
             return Err(KmmError::InvalidArgument {

@@ -3,6 +3,7 @@
 //! module hard-codes an address of either profile.
 
 pub mod e820;
+pub mod init;
 pub mod pgtable_x86;
 pub mod pgtable_x86_64;
 pub mod x86;
