@@ -83,7 +83,8 @@ pub struct BootArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
     /// After booting, print this /proc file (repeatable): /proc/buddyinfo,
-    /// /proc/zoneinfo, /proc/meminfo, /proc/slabinfo or /proc/vmstat.
+    /// /proc/zoneinfo, /proc/meminfo, /proc/slabinfo, /proc/vmallocinfo or
+    /// /proc/vmstat.
     #[arg(long, value_name = "PATH")]
     pub cat: Vec<String>,
 }

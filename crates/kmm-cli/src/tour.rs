@@ -12,6 +12,7 @@ mod percpu;
 mod pgtable;
 mod slab;
 mod stack;
+mod vm;
 
 use crate::boot::struct_page_overhead;
 use crate::size::format_size;
@@ -252,6 +253,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     heap::step(&mut t)?;
     pgtable::step(&mut t, &m)?;
     stack::step(&mut t, &m)?;
+    vm::steps(&mut t, &m)?;
 
     t.step(
         "What the kernel counted",

@@ -1200,7 +1200,7 @@ impl<P: Platform> Kmm<P> {
         };
         if self.is_ram(phys, last) {
             self.platform.printk(format_args!(
-                "WARNING: CPU: {} at arch/x86/mm/ioremap.rs:{} __ioremap_caller: ioremap on RAM at {phys:#018x} - {last:#018x}",
+                "WARNING: CPU: {} at mm/vmalloc.rs:{} __ioremap_caller: ioremap on RAM at {phys:#018x} - {last:#018x}",
                 self.platform.smp_processor_id(),
                 line!()
             ));
