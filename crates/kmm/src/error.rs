@@ -123,6 +123,14 @@ pub enum KmmError {
         /// The virtual address.
         virt: u64,
     },
+    /// A system call's error number (`-ENOMEM`, `-EINVAL`, ...), with what
+    /// was wrong.
+    Errno {
+        /// The error number.
+        errno: crate::errno::Errno,
+        /// What was wrong, for messages.
+        what: &'static str,
+    },
     /// The magic word at a kernel stack's `end_of_stack()` is gone
     /// (`task_stack_end_corrupted()`; Linux: "Kernel panic - not syncing:
     /// corrupted stack end detected inside scheduler").
@@ -190,6 +198,7 @@ impl fmt::Display for KmmError {
                 f,
                 "corrupted stack end detected: end_of_stack {end:#x} holds {found:#x}"
             ),
+            KmmError::Errno { errno, what } => write!(f, "{what}: {errno}"),
             KmmError::StackOverflow { addr, guard_page } => {
                 if guard_page {
                     write!(f, "stack guard page was hit at {addr:#x}")

@@ -101,6 +101,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod errno;
 pub mod error;
 pub mod gfp;
 pub mod highmem;
@@ -127,12 +128,13 @@ pub mod vmalloc;
 pub mod vmstat;
 
 pub use arch::Arch;
+pub use errno::Errno;
 pub use error::KmmError;
 pub use gfp::GfpFlags;
 pub use memblock::Memblock;
 pub use mm::Kmm;
 pub use mm_init::{setup_arch, BootParams, EarlyBoot, NodeRange};
-pub use mm_types::{Page, PageFlags};
+pub use mm_types::{MmStruct, Page, PageFlags, TaskStruct, VmAreaStruct, VmaFlags};
 pub use mmzone::{PerCpuPages, PgData, Watermark, Zone, ZoneType};
 pub use pgtable::{Mapping, PageTable, PagingFormat, PteFlags, Translation};
 pub use platform::Platform;

@@ -302,3 +302,218 @@ impl core::fmt::Display for DisplayPageFlags {
         )
     }
 }
+
+// ------------------------------------------------------------------------
+// Address spaces: `struct mm_struct`, `struct vm_area_struct` and the part
+// of `struct task_struct` the memory manager uses. Each lives in a slab
+// object in simulated RAM (caches `mm_struct`, `vm_area_struct`,
+// `task_struct`, as in `/proc/slabinfo`), made only of atomics so that
+// `PhysMem::ram_ref` can hand out a shared reference to it. Links between
+// them are physical addresses of the objects, 0 for NULL.
+
+bitflags::bitflags! {
+    /// `vma->vm_flags` (`include/linux/mm.h`), with Linux's values.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct VmaFlags: u64 {
+        /// `VM_READ`.
+        const VM_READ = 0x1;
+        /// `VM_WRITE`.
+        const VM_WRITE = 0x2;
+        /// `VM_EXEC`.
+        const VM_EXEC = 0x4;
+        /// `VM_SHARED`: writes reach the file / other mappings.
+        const VM_SHARED = 0x8;
+        /// `VM_MAYREAD`: `mprotect` may add `VM_READ`.
+        const VM_MAYREAD = 0x10;
+        /// `VM_MAYWRITE`.
+        const VM_MAYWRITE = 0x20;
+        /// `VM_MAYEXEC`.
+        const VM_MAYEXEC = 0x40;
+        /// `VM_MAYSHARE`.
+        const VM_MAYSHARE = 0x80;
+        /// `VM_GROWSDOWN`: a stack that grows down on faults below it.
+        const VM_GROWSDOWN = 0x100;
+        /// `VM_PFNMAP`: raw frames, no `struct page`.
+        const VM_PFNMAP = 0x400;
+        /// `VM_LOCKED`: `mlock`ed, pages stay resident.
+        const VM_LOCKED = 0x2000;
+        /// `VM_IO`: device memory.
+        const VM_IO = 0x4000;
+        /// `VM_DONTCOPY`: not inherited by `fork` (`MADV_DONTFORK`).
+        const VM_DONTCOPY = 0x20000;
+        /// `VM_DONTEXPAND`: `mremap` may not grow it.
+        const VM_DONTEXPAND = 0x40000;
+        /// `VM_ACCOUNT`: charged to the commit limit.
+        const VM_ACCOUNT = 0x100000;
+        /// `VM_NORESERVE`.
+        const VM_NORESERVE = 0x200000;
+    }
+}
+
+impl VmaFlags {
+    /// `VM_DATA_DEFAULT_FLAGS` (x86: read, write, may read/write/exec).
+    pub const VM_DATA_DEFAULT_FLAGS: VmaFlags = VmaFlags::VM_READ
+        .union(VmaFlags::VM_WRITE)
+        .union(VmaFlags::VM_MAYREAD)
+        .union(VmaFlags::VM_MAYWRITE)
+        .union(VmaFlags::VM_MAYEXEC);
+    /// `VM_STACK_FLAGS`: a growing-down stack, data defaults, accounted.
+    pub const VM_STACK_FLAGS: VmaFlags = VmaFlags::VM_GROWSDOWN
+        .union(VmaFlags::VM_DATA_DEFAULT_FLAGS)
+        .union(VmaFlags::VM_ACCOUNT);
+}
+
+/// `rss_stat` counters (`enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES }`).
+pub const MM_FILEPAGES: usize = 0;
+/// Anonymous pages mapped.
+pub const MM_ANONPAGES: usize = 1;
+/// Swap entries.
+pub const MM_SWAPENTS: usize = 2;
+/// Shared-memory pages.
+pub const MM_SHMEMPAGES: usize = 3;
+/// Number of `rss_stat` counters.
+pub const NR_MM_COUNTERS: usize = 4;
+
+/// `struct mm_struct`: one address space, in RAM (slab cache `mm_struct`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct MmStruct {
+    // ---- the VMA set (`mm/mmap.c`, `mm/vma.c`)
+    /// `mm_rb`: root node of the VMA red-black tree, keyed by `vm_end`.
+    pub mm_rb: AtomicU64,
+    /// `mmap`: the lowest VMA; the list runs in address order.
+    pub mmap: AtomicU64,
+    /// `map_count`: number of VMAs.
+    pub map_count: AtomicU64,
+    /// `highest_vm_end`.
+    pub highest_vm_end: AtomicU64,
+    /// `mmap_base`: where top-down `get_unmapped_area` starts.
+    pub mmap_base: AtomicU64,
+    /// `task_size`: the end of the user address space.
+    pub task_size: AtomicU64,
+    /// `start_code`.
+    pub start_code: AtomicU64,
+    /// `end_code`.
+    pub end_code: AtomicU64,
+    /// `start_data`.
+    pub start_data: AtomicU64,
+    /// `end_data`.
+    pub end_data: AtomicU64,
+    /// `start_brk`: the heap's start.
+    pub start_brk: AtomicU64,
+    /// `brk`: the heap's current end.
+    pub brk: AtomicU64,
+    /// `start_stack`.
+    pub start_stack: AtomicU64,
+    /// `arg_start`.
+    pub arg_start: AtomicU64,
+    /// `arg_end`.
+    pub arg_end: AtomicU64,
+    /// `env_start`.
+    pub env_start: AtomicU64,
+    /// `env_end`.
+    pub env_end: AtomicU64,
+    /// `total_vm`: pages mapped (`VmSize`).
+    pub total_vm: AtomicU64,
+    /// `locked_vm`: pages `mlock`ed (`VmLck`).
+    pub locked_vm: AtomicU64,
+    /// `data_vm`: private writable, not stack (`VmData`).
+    pub data_vm: AtomicU64,
+    /// `exec_vm`: executable, not writable (`VmExe`).
+    pub exec_vm: AtomicU64,
+    /// `stack_vm`: growing-down stacks (`VmStk`).
+    pub stack_vm: AtomicU64,
+    /// `def_flags`: flags every new VMA gets (`VM_LOCKED` after `mlockall`).
+    pub def_flags: AtomicU64,
+    // ---- page tables and pages (`mm/memory.c`)
+    /// `pgd`: physical address of the top-level page table.
+    pub pgd: AtomicU64,
+    /// Which of the profile's page-table formats `pgd` is (index into
+    /// [`crate::Arch::paging_formats`]).
+    pub pgd_format: AtomicU64,
+    /// `rss_stat[]`: resident pages by kind ([`MM_FILEPAGES`], ...).
+    pub rss_stat: [AtomicU64; NR_MM_COUNTERS],
+    /// `pgtables_bytes`: page-table pages of this mm, in bytes (`VmPTE`).
+    pub pgtables_bytes: AtomicU64,
+    /// `hiwater_rss`: the peak of the RSS (`VmHWM`).
+    pub hiwater_rss: AtomicU64,
+    /// `hiwater_vm`: the peak of `total_vm` (`VmPeak`).
+    pub hiwater_vm: AtomicU64,
+    /// `mm_users`: tasks sharing this address space.
+    pub mm_users: AtomicU64,
+    /// `mm_count`: references to the struct itself.
+    pub mm_count: AtomicU64,
+    /// `context.ctx_id` / the ASID (PCID) its TLB entries are tagged with.
+    pub context_id: AtomicU64,
+    /// `mmap_lock`, as a spin word: 0 free, 1 held.
+    pub mmap_lock: AtomicU64,
+    /// `flags` (`MMF_*`).
+    pub flags: AtomicU64,
+}
+
+// SAFETY: integer atomics only; every bit pattern is a valid value.
+unsafe impl crate::ram::RamSafe for MmStruct {}
+
+/// `struct vm_area_struct`: one mapped range of an address space, in RAM
+/// (slab cache `vm_area_struct`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmAreaStruct {
+    /// `vm_start`: first address.
+    pub vm_start: AtomicU64,
+    /// `vm_end`: first address after the range.
+    pub vm_end: AtomicU64,
+    /// `vm_flags` ([`VmaFlags`]).
+    pub vm_flags: AtomicU64,
+    /// `vm_page_prot`: the PTE flags pages get ([`crate::PteFlags`] bits).
+    pub vm_page_prot: AtomicU64,
+    /// `vm_pgoff`: offset in the file, in pages (for anonymous memory,
+    /// `vm_start >> PAGE_SHIFT` when the VMA was made).
+    pub vm_pgoff: AtomicU64,
+    /// `vm_file`: the mapped file's `address_space` object, 0 for anonymous.
+    pub vm_file: AtomicU64,
+    /// `vm_mm`: the owning `mm_struct`.
+    pub vm_mm: AtomicU64,
+    /// `vm_next`: the next VMA in address order.
+    pub vm_next: AtomicU64,
+    /// `vm_prev`.
+    pub vm_prev: AtomicU64,
+    /// `vm_rb`: the red-black tree node (parent|colour, right, left), see
+    /// [`crate::rbtree`].
+    pub vm_rb: [AtomicU64; 3],
+    /// `anon_vma`: nonzero once anonymous pages may exist in the VMA (a
+    /// merge needs compatible values).
+    pub anon_vma: AtomicU64,
+}
+
+// SAFETY: integer atomics only; every bit pattern is a valid value.
+unsafe impl crate::ram::RamSafe for VmAreaStruct {}
+
+/// Offset of [`VmAreaStruct::vm_rb`] in the object (`rb_entry`).
+pub const VMA_RB_OFFSET: u64 = core::mem::offset_of!(VmAreaStruct, vm_rb) as u64;
+
+/// The memory manager's part of `struct task_struct`, in RAM (slab cache
+/// `task_struct`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct TaskStruct {
+    /// `pid`.
+    pub pid: AtomicU64,
+    /// `mm`: the address space, 0 for a kernel thread.
+    pub mm: AtomicU64,
+    /// `comm`: the command name, 16 bytes, NUL padded.
+    pub comm: [AtomicU64; 2],
+    /// `min_flt`: minor faults.
+    pub min_flt: AtomicU64,
+    /// `maj_flt`: major faults (a page read from the file).
+    pub maj_flt: AtomicU64,
+    /// `stack`: base of the kernel stack.
+    pub stack: AtomicU64,
+    /// `__state` (0 running, nonzero dead).
+    pub state: AtomicU64,
+    /// `exit_code`.
+    pub exit_code: AtomicU64,
+}
+
+// SAFETY: integer atomics only; every bit pattern is a valid value.
+unsafe impl crate::ram::RamSafe for TaskStruct {}
