@@ -107,6 +107,12 @@ pub struct Kmm<P: Platform> {
     pub(crate) vm: crate::vmalloc::VmallocState,
     /// Permanent and atomic kmaps of high memory.
     pub(crate) highmem: crate::highmem::HighmemState,
+    /// The page cache.
+    pub(crate) filemap: crate::filemap::FilemapState,
+    /// The reverse map.
+    pub(crate) rmap: crate::rmap::RmapState,
+    /// Process memory: the zero page, ASIDs, fault counters.
+    pub(crate) memory: crate::memory::MemoryState,
 }
 
 impl<P: Platform> Kmm<P> {

@@ -584,7 +584,22 @@ impl<P: Platform> EarlyBoot<P> {
             task_stack: crate::task_stack::StackState::new(),
             vm: crate::vmalloc::VmallocState::new(layout),
             highmem: crate::highmem::HighmemState::new(),
+            filemap: crate::filemap::FilemapState::new(),
+            rmap: crate::rmap::RmapState::new(),
+            memory: crate::memory::MemoryState::new(),
         };
+
+        // empty_zero_page: in the kernel image on Linux, from memblock here.
+        let zp = self.memblock.alloc_range(
+            page_size,
+            page_size,
+            0,
+            lowmem_end,
+            None,
+            ReserveKind::KernelImage,
+        )?;
+        kmm.mem.fill(zp, page_size as usize, 0)?;
+        kmm.memory.zero_pfn.store(zp >> shift, Relaxed);
 
         // init_mem_mapping(): swapper_pg_dir and the direct map, from memblock.
         if let Some(fmt) = kernel_fmt {

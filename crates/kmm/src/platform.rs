@@ -5,6 +5,7 @@
 //! `try_to_free_pages()`. kmm asks a [`Platform`] for them instead, so the same
 //! allocator can run inside a Rust kernel or inside the `kmm-sim` machine.
 
+use crate::error::KmmError;
 use core::fmt;
 
 /// Linux's `preempt_count()` layout: bits 0–7 count `preempt_disable()`, bits
@@ -118,6 +119,28 @@ pub trait Platform: Sync {
     /// returning. The vmalloc allocator calls it before it reuses an
     /// unmapped range; a machine without an MMU model need not do anything.
     fn flush_tlb_kernel_range(&self, _start: u64, _end: u64) {}
+
+    /// `flush_tlb_mm_range()`: every CPU forgets its translations of
+    /// `[start, end)` in the address space tagged `asid` (IPIs to the
+    /// others) before returning. Called when a process's mappings change.
+    fn flush_tlb_mm_range(&self, _asid: u16, _start: u64, _end: u64) {}
+
+    /// Reads up to `buf.len()` bytes at `offset` of the host file `file`
+    /// (the id a file was opened with) into `buf`; returns the bytes read
+    /// (fewer at the end of the file). What `->readpage` does for the page
+    /// cache.
+    fn file_read(&self, _file: u64, _offset: u64, _buf: &mut [u8]) -> Result<usize, KmmError> {
+        Err(KmmError::InvalidArgument {
+            what: "this platform has no files",
+        })
+    }
+
+    /// Writes `data` at `offset` of the host file `file` (`->writepage`).
+    fn file_write(&self, _file: u64, _offset: u64, _data: &[u8]) -> Result<(), KmmError> {
+        Err(KmmError::InvalidArgument {
+            what: "this platform has no files",
+        })
+    }
 
     /// `flush_tlb_one_kernel()`: the current CPU forgets its translation of
     /// kernel address `addr` (`invlpg`; no IPI). `kunmap_atomic` needs it.

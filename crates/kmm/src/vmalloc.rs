@@ -11,9 +11,11 @@
 //! Each range is a `vmap_area` object of a slab cache of that name (kmm
 //! keeps Linux's `vm_struct` fields in the same object): start, end with the
 //! guard page, flags, the caller, the page array and the physical address
-//! of an ioremap. The busy ranges form an address-ordered list; allocation is
-//! first fit from a cached position (`free_vmap_cache`, `cached_hole_size`),
-//! as Linux did before the augmented free-space tree.
+//! of an ioremap. The busy ranges form an address-ordered list and a
+//! red-black tree (`vmap_area_root`, [`crate::rbtree`]) for lookups by
+//! address; allocation is first fit from a cached position
+//! (`free_vmap_cache`, `cached_hole_size`), as Linux did before the
+//! augmented free-space tree.
 //!
 //! Freeing is lazy, as in Linux: [`Kmm::vfree`] clears the PTEs and frees
 //! the pages at once, but the range stays reserved until enough lazily freed
@@ -30,6 +32,7 @@ use crate::mm::Kmm;
 use crate::mm_types::Page;
 use crate::pgtable::{Entry, PageTable, PteFlags};
 use crate::platform::{preempt, Platform};
+use crate::rbtree::{rb_add, rb_erase, rb_find, rb_last_lt, RbRoot};
 use crate::slab::KmemCache;
 use crate::spinlock::SpinLock;
 use core::fmt::{self, Write};
@@ -75,7 +78,9 @@ const VA_PAGES_CALLER: u64 = 40;
 const VA_PAGES: u64 = 48;
 /// `vm_struct->phys_addr` of an ioremap.
 const VA_PHYS: u64 = 56;
-const VA_SIZE: usize = 64;
+/// The `rb_node` of the busy tree (`vmap_area_root`), keyed by start.
+const VA_RB: u64 = 64;
+const VA_SIZE: usize = 64 + crate::rbtree::RB_NODE_SIZE as usize;
 const VA_LAZY: u64 = 1 << 32;
 /// Bit 33: being torn down (found by no lookup, not yet lazy).
 const VA_FREEING: u64 = 1 << 33;
@@ -116,8 +121,11 @@ impl VmStruct {
     }
 }
 
-/// The busy list and the allocation cursor (`vmap_area_lock` protects them).
+/// The busy list and tree and the allocation cursor (`vmap_area_lock`
+/// protects them).
 struct VmapList {
+    /// `vmap_area_root`: the busy ranges by start address.
+    root: RbRoot,
     head: u64,
     tail: u64,
     count: u64,
@@ -155,6 +163,7 @@ impl VmallocState {
             direct: DirectPages::default(),
             boot_table_pages: 0,
             list: SpinLock::new(VmapList {
+                root: RbRoot::EMPTY,
                 head: 0,
                 tail: 0,
                 count: 0,
@@ -395,24 +404,26 @@ impl<P: Platform> Kmm<P> {
         }
     }
 
-    /// Links `va` (starting at `addr`) into the address-ordered list.
+    /// The start address of the `vmap_area` whose tree node is `node`.
+    fn rb_key(&self, node: u64) -> Result<u64, KmmError> {
+        self.mem.read_u64(node - VA_RB + VA_START)
+    }
+
+    /// Links `va` (starting at `addr`) into the address-ordered list and
+    /// the busy tree.
     fn link_sorted(&self, l: &mut VmapList, va: u64, addr: u64) {
-        // Walk back from the tail (new ranges usually go high) or forward
-        // from the hint.
-        let mut prev = if l.hint != 0 && self.va_get(l.hint, VA_START) < addr {
-            l.hint
-        } else {
-            0
-        };
-        let mut next = if prev != 0 {
+        // The predecessor from the tree, in O(log n).
+        let prev = rb_last_lt(&self.mem, &addr, &l.root, |n| self.rb_key(n))
+            .ok()
+            .flatten()
+            .map_or(0, |n| n - VA_RB);
+        let next = if prev != 0 {
             self.va_get(prev, VA_NEXT)
         } else {
             l.head
         };
-        while next != 0 && self.va_get(next, VA_START) < addr {
-            prev = next;
-            next = self.va_get(next, VA_NEXT);
-        }
+        let _ = crate::rbtree::rb_clear_node(&self.mem, va + VA_RB);
+        let _ = rb_add(&self.mem, va + VA_RB, &mut l.root, |n| self.rb_key(n));
         self.va_set(va, VA_PREV, prev);
         self.va_set(va, VA_NEXT, next);
         if prev != 0 {
@@ -429,6 +440,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     fn unlink(&self, l: &mut VmapList, va: u64) {
+        let _ = rb_erase(&self.mem, va + VA_RB, &mut l.root);
         let (prev, next) = (self.va_get(va, VA_PREV), self.va_get(va, VA_NEXT));
         if l.hint != 0 && self.va_get(va, VA_START) <= self.va_get(l.hint, VA_START) {
             l.hint = prev;
@@ -446,20 +458,12 @@ impl<P: Platform> Kmm<P> {
         l.count -= 1;
     }
 
-    /// `find_vmap_area()`: the busy (not lazily freed) range starting at `addr`.
+    /// `find_vmap_area()`: the busy (not lazily freed) range starting at
+    /// `addr`, from the tree in O(log n).
     fn find_vmap_area(&self, l: &VmapList, addr: u64) -> Option<u64> {
-        let mut va = l.head;
-        while va != 0 {
-            let start = self.va_get(va, VA_START);
-            if start == addr {
-                return (self.va_get(va, VA_FLAGS) & (VA_LAZY | VA_FREEING) == 0).then_some(va);
-            }
-            if start > addr {
-                return None;
-            }
-            va = self.va_get(va, VA_NEXT);
-        }
-        None
+        let node = rb_find(&self.mem, &addr, &l.root, |n| self.rb_key(n)).ok()??;
+        let va = node - VA_RB;
+        (self.va_get(va, VA_FLAGS) & (VA_LAZY | VA_FREEING) == 0).then_some(va)
     }
 
     fn lazy_max_pages(&self) -> u64 {
