@@ -21,6 +21,7 @@
 //! | the e820 map, NUMA emulation | [`machine::e820_map`], [`machine::split_nodes`] |
 //! | `/proc/*` | [`procfs::read`] |
 
+pub mod binfmt_elf;
 pub mod cpu;
 pub mod machine;
 pub mod mmu;

@@ -111,6 +111,14 @@ pub struct SimPlatform {
     kswapd_wakeups: AtomicU64,
     direct_reclaims: AtomicU64,
     reclaim: Mutex<Option<ReclaimHook>>,
+    /// Host files the machine's page cache reads and writes, by id.
+    files: Mutex<Vec<Option<HostFile>>>,
+}
+
+/// A host file opened for the simulated kernel.
+struct HostFile {
+    file: std::fs::File,
+    path: String,
 }
 
 impl SimPlatform {
@@ -135,6 +143,53 @@ impl SimPlatform {
         if let Ok(mut r) = self.reclaim.lock() {
             *r = hook;
         }
+    }
+
+    /// Opens host file `path` for the machine (read-only unless `write`):
+    /// its id for [`Platform::file_read`] / [`Platform::file_write`] and
+    /// its size in bytes.
+    pub fn open_host_file(&self, path: &str, write: bool) -> std::io::Result<(u64, u64)> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{path}: not a regular file"),
+            ));
+        }
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = Some(HostFile {
+            file,
+            path: path.to_string(),
+        });
+        let id = match files.iter().position(Option::is_none) {
+            Some(i) => {
+                files[i] = entry;
+                i
+            }
+            None => {
+                files.push(entry);
+                files.len() - 1
+            }
+        };
+        Ok((id as u64, meta.len()))
+    }
+
+    /// Closes a host file opened with [`Self::open_host_file`].
+    pub fn close_host_file(&self, id: u64) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get_mut(id as usize) {
+            *f = None;
+        }
+    }
+
+    /// The path a host file was opened with.
+    pub fn host_file_path(&self, id: u64) -> Option<String> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.get(id as usize)?.as_ref().map(|f| f.path.clone())
     }
 }
 
@@ -181,6 +236,47 @@ impl Platform for SimPlatform {
     }
     fn cond_resched(&self) {
         std::thread::yield_now();
+    }
+    fn file_read(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<usize, KmmError> {
+        use std::os::unix::fs::FileExt;
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let f =
+            files
+                .get(file as usize)
+                .and_then(Option::as_ref)
+                .ok_or(KmmError::InvalidArgument {
+                    what: "read of a host file that is not open",
+                })?;
+        let mut done = 0;
+        while done < buf.len() {
+            match f.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    return Err(KmmError::InvalidArgument {
+                        what: "host file read failed",
+                    })
+                }
+            }
+        }
+        Ok(done)
+    }
+    fn file_write(&self, file: u64, offset: u64, data: &[u8]) -> Result<(), KmmError> {
+        use std::os::unix::fs::FileExt;
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let f =
+            files
+                .get(file as usize)
+                .and_then(Option::as_ref)
+                .ok_or(KmmError::InvalidArgument {
+                    what: "write of a host file that is not open",
+                })?;
+        f.file
+            .write_all_at(data, offset)
+            .map_err(|_| KmmError::InvalidArgument {
+                what: "host file write failed",
+            })
     }
     fn preempt_count_add(&self, val: u32) -> bool {
         self.cpus.preempt_count_add(val).is_ok()
@@ -358,6 +454,7 @@ impl Machine {
             kswapd_wakeups: AtomicU64::new(0),
             direct_reclaims: AtomicU64::new(0),
             reclaim: Mutex::new(None),
+            files: Mutex::new(Vec::new()),
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this
         // `Machine`, which drops `kmm` (declared first) before `ram`.

@@ -248,8 +248,13 @@ impl<P: Platform> Kmm<P> {
 
     /// The fixmap address of `cpu`'s `idx`th `kmap_atomic` slot
     /// (`__fix_to_virt(FIX_KMAP_BEGIN + idx + KM_MAX_IDX * cpu)`).
+    /// 0 on a machine without a fixmap (x86_64: `kmap_atomic` returns the
+    /// direct-map address there).
     pub fn kmap_atomic_addr(&self, cpu: usize, idx: usize) -> u64 {
         let lay = &self.vm.layout;
+        if lay.fixaddr_top == 0 {
+            return 0;
+        }
         lay.fix_to_virt(
             lay.fix_kmap_begin + idx + KM_MAX_IDX * cpu,
             self.page_size(),
@@ -264,9 +269,12 @@ impl<P: Platform> Kmm<P> {
         let cpu = self.platform.smp_processor_id();
         let lay = self.vm.layout;
         let ps = self.page_size();
-        let lo = self.kmap_atomic_addr(self.nr_cpu_ids - 1, KM_MAX_IDX - 1);
-        let hi = self.kmap_atomic_addr(0, 0);
-        if lay.fixaddr_top != 0 && (lo..=hi).contains(&(vaddr & !(ps - 1))) {
+        let in_fixmap = lay.fixaddr_top != 0 && {
+            let lo = self.kmap_atomic_addr(self.nr_cpu_ids - 1, KM_MAX_IDX - 1);
+            let hi = self.kmap_atomic_addr(0, 0);
+            (lo..=hi).contains(&(vaddr & !(ps - 1)))
+        };
+        if in_fixmap {
             let idx = self.highmem.km_idx[cpu].load(Relaxed) as usize;
             let want = idx.checked_sub(1).map(|i| self.kmap_atomic_addr(cpu, i));
             if want != Some(vaddr & !(ps - 1)) {

@@ -85,6 +85,11 @@ const VA_LAZY: u64 = 1 << 32;
 /// Bit 33: being torn down (found by no lookup, not yet lazy).
 const VA_FREEING: u64 = 1 << 33;
 
+/// What `vcopy` hands each piece: the physical address and writability of
+/// the page (`None` when unmapped) and the byte range of the buffer.
+type VcopyFn<'a> =
+    dyn FnMut(Option<(u64, bool)>, core::ops::Range<usize>) -> Result<(), KmmError> + 'a;
+
 /// Callers remembered for `/proc/vmallocinfo` (`vm_struct->caller`).
 const MAX_CALLERS: usize = 128;
 
@@ -694,6 +699,7 @@ impl<P: Platform> Kmm<P> {
     #[track_caller]
     pub fn get_vm_area(&self, size: u64, flags: VmFlags) -> Result<VmStruct, KmmError> {
         let caller = Location::caller();
+        self.might_sleep("mm/vmalloc.rs", line!())?;
         let va = self.get_vm_area_node(size, self.page_size(), flags, caller)?;
         let l = self.vm.list.lock();
         Ok(self.va_info(&l, va))
@@ -751,6 +757,7 @@ impl<P: Platform> Kmm<P> {
     /// `free_vm_area()`: gives back a range from [`Self::get_vm_area`],
     /// unmapping whatever is mapped in it.
     pub fn free_vm_area(&self, addr: u64) -> Result<(), KmmError> {
+        self.might_sleep("mm/vmalloc.rs", line!())?;
         self.remove_vm_area(addr, VmFlags::empty(), "free_vm_area")
             .map(|_| ())
     }
@@ -959,7 +966,8 @@ impl<P: Platform> Kmm<P> {
         let array_bytes = (nr_pages * 8) as usize;
         let array = self.kmalloc(array_bytes, GfpFlags::GFP_KERNEL)?;
         let array_phys = self.__pa(array)?;
-        let page_gfp = if low_only || self.arch.max_lowmem.is_none() {
+        let zone_asked = gfp.intersects(GfpFlags::__GFP_DMA | GfpFlags::__GFP_DMA32);
+        let page_gfp = if low_only || zone_asked || self.arch.max_lowmem.is_none() {
             gfp
         } else {
             gfp | GfpFlags::__GFP_HIGHMEM
@@ -1112,7 +1120,7 @@ impl<P: Platform> Kmm<P> {
     /// unmapped pages read as zeros, as Linux's `vread_iter` fills holes.
     pub fn vread(&self, addr: u64, buf: &mut [u8]) -> Result<(), KmmError> {
         self.vcopy(addr, buf.len(), &mut |phys, range| match phys {
-            Some(p) => self.mem.read(p, &mut buf[range]),
+            Some((p, _)) => self.mem.read(p, &mut buf[range]),
             None => {
                 buf[range].fill(0);
                 Ok(())
@@ -1127,18 +1135,17 @@ impl<P: Platform> Kmm<P> {
         self.vcopy(addr, data.len(), &mut |phys, range| {
             let at = addr + range.start as u64;
             match phys {
-                Some(p) => self.mem.write(p, &data[range]),
+                Some((p, true)) => self.mem.write(p, &data[range]),
+                Some((_, false)) => Err(KmmError::InvalidAddress {
+                    addr: at,
+                    what: "write to a read-only kernel mapping",
+                }),
                 None => Err(KmmError::NotMapped { virt: at }),
             }
         })
     }
 
-    fn vcopy(
-        &self,
-        addr: u64,
-        len: usize,
-        f: &mut dyn FnMut(Option<u64>, core::ops::Range<usize>) -> Result<(), KmmError>,
-    ) -> Result<(), KmmError> {
+    fn vcopy(&self, addr: u64, len: usize, f: &mut VcopyFn<'_>) -> Result<(), KmmError> {
         let pgd = self.kernel_pgd()?;
         let mut done = 0usize;
         while done < len {
@@ -1146,7 +1153,7 @@ impl<P: Platform> Kmm<P> {
             let t = pgd.walk(self, at);
             let size = t.map_or(self.page_size(), |t| t.size);
             let n = ((size - (at & (size - 1))) as usize).min(len - done);
-            f(t.map(|t| t.phys), done..done + n)?;
+            f(t.map(|t| (t.phys, t.flags.pte_write())), done..done + n)?;
             done += n;
         }
         Ok(())
@@ -1194,6 +1201,7 @@ impl<P: Platform> Kmm<P> {
         cache: PteFlags,
         caller: &'static Location<'static>,
     ) -> Result<u64, KmmError> {
+        self.might_sleep("mm/vmalloc.rs", line!())?;
         let last = match phys.checked_add(size) {
             Some(end) if size != 0 => end - 1,
             _ => {
@@ -1241,6 +1249,7 @@ impl<P: Platform> Kmm<P> {
     /// `iounmap()`: removes an [`Self::ioremap`] mapping (any address inside
     /// its first page, as returned with the offset, is accepted).
     pub fn iounmap(&self, addr: u64) -> Result<(), KmmError> {
+        self.might_sleep("mm/vmalloc.rs", line!())?;
         let base = addr & !(self.page_size() - 1);
         self.remove_vm_area(base, VmFlags::VM_IOREMAP, "iounmap")
             .map(|_| ())

@@ -127,7 +127,7 @@ impl KernelLayout {
 
     /// `__fix_to_virt(idx)`.
     pub fn fix_to_virt(&self, idx: usize, page_size: u64) -> u64 {
-        self.fixaddr_top - idx as u64 * page_size
+        self.fixaddr_top.wrapping_sub(idx as u64 * page_size)
     }
 
     /// True when `addr` is in the vmalloc area (`is_vmalloc_addr()`).
