@@ -104,6 +104,7 @@ pub mod arch;
 pub mod errno;
 pub mod error;
 pub mod filemap;
+pub mod fork;
 pub mod gfp;
 pub mod highmem;
 pub(crate) mod list;

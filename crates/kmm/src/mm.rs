@@ -113,6 +113,8 @@ pub struct Kmm<P: Platform> {
     pub(crate) rmap: crate::rmap::RmapState,
     /// Process memory: the zero page, ASIDs, fault counters.
     pub(crate) memory: crate::memory::MemoryState,
+    /// Tasks (`task_struct` objects).
+    pub(crate) fork: crate::fork::ForkState,
 }
 
 impl<P: Platform> Kmm<P> {

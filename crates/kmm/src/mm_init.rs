@@ -587,6 +587,7 @@ impl<P: Platform> EarlyBoot<P> {
             filemap: crate::filemap::FilemapState::new(),
             rmap: crate::rmap::RmapState::new(),
             memory: crate::memory::MemoryState::new(),
+            fork: crate::fork::ForkState::new(),
         };
 
         // empty_zero_page: in the kernel image on Linux, from memblock here.

@@ -424,6 +424,53 @@ impl<P: Platform> Kmm<P> {
         Ok(st)
     }
 
+    /// The [`KernelStack`] whose base is `base` (`task->stack`), owned by
+    /// `task`, rebuilt from the allocator's records: the page's allocation
+    /// order for a direct-mapped stack, the vmalloc area for a virtually
+    /// mapped one. The stack pointer is at the top (no frames).
+    pub fn kernel_stack_at(&self, base: u64, task: u64) -> Result<KernelStack, KmmError> {
+        let word = self.stack_word();
+        if self.is_vmalloc_addr(base) {
+            let area = self.find_vm_area(base).ok_or(KmmError::InvalidAddress {
+                addr: base,
+                what: "task->stack that no vmalloc returned",
+            })?;
+            let size = area.area_size();
+            let phys = self.pfn_phys(self.vmalloc_to_pfn(base)?);
+            return Ok(KernelStack {
+                phys,
+                virt: base,
+                order: (size / self.page_size()).trailing_zeros(),
+                size,
+                word,
+                nid: area.nid,
+                task,
+                sp: size,
+                depth: 0,
+                vmapped: true,
+            });
+        }
+        let phys = self.__pa(base)?;
+        let page = self.phys_to_page(phys)?;
+        let order = page.alloc_order().ok_or(KmmError::InvalidAddress {
+            addr: base,
+            what: "task->stack that is not an allocated block",
+        })?;
+        let size = self.page_size() << order;
+        Ok(KernelStack {
+            phys,
+            virt: base,
+            order,
+            size,
+            word,
+            nid: page.nid(),
+            task,
+            sp: size,
+            depth: 0,
+            vmapped: false,
+        })
+    }
+
     /// `free_thread_stack()`: returns the block to the page allocator and
     /// takes it out of `NR_KERNEL_STACK_KB`. Like `check_stack_usage()` at
     /// exit, prints `... used greatest stack depth: N bytes left` when this
