@@ -89,10 +89,9 @@ impl<P: Platform> Kmm<P> {
         };
         let t = self.task_struct(task)?;
         t.pid.store(u64::from(pid), Relaxed);
+        // The handle is dropped: the stack is found again from task->stack
+        // ([`Kmm::kernel_stack_at`]) when the task is freed.
         t.stack.store(stack.base(), Relaxed);
-        // The stack is found again from the task (task->stack); the
-        // handle's fields are recomputed at free time.
-        core::mem::forget(stack);
         self.task_set_mm(task, mm, comm)?;
         self.fork.nr_tasks.fetch_add(1, Relaxed);
         Ok(task)
