@@ -25,6 +25,7 @@ pub mod binfmt_elf;
 pub mod cpu;
 pub mod machine;
 pub mod mmu;
+pub mod process;
 pub mod procfs;
 pub mod ram;
 

@@ -113,7 +113,42 @@ pub struct SimPlatform {
     reclaim: Mutex<Option<ReclaimHook>>,
     /// Host files the machine's page cache reads and writes, by id.
     files: Mutex<Vec<Option<HostFile>>>,
+    /// TLB flushes the memory manager asked for, for the MMUs to apply.
+    tlb_log: Mutex<std::collections::VecDeque<(u64, TlbFlush)>>,
+    tlb_seq: AtomicU64,
 }
+
+/// A TLB flush the memory manager asked the machine for (what Linux sends
+/// as `flush_tlb_*` calls and their IPIs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbFlush {
+    /// `flush_tlb_kernel_range(start, end)` on every CPU.
+    Kernel {
+        /// First address.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// `flush_tlb_mm_range(mm, start, end)` of address space `asid`.
+    Mm {
+        /// The address space's tag.
+        asid: u16,
+        /// First address.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// `flush_tlb_one_kernel(addr)` on `cpu` only.
+    One {
+        /// The CPU.
+        cpu: usize,
+        /// The address.
+        addr: u64,
+    },
+}
+
+/// Flushes kept for MMUs that have not applied them yet.
+const TLB_LOG_MAX: usize = 1 << 16;
 
 /// A host file opened for the simulated kernel.
 struct HostFile {
@@ -184,6 +219,41 @@ impl SimPlatform {
         if let Some(f) = files.get_mut(id as usize) {
             *f = None;
         }
+    }
+
+    fn log_flush(&self, f: TlbFlush) {
+        let mut log = self.tlb_log.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.tlb_seq.load(Relaxed) + 1;
+        log.push_back((seq, f));
+        if log.len() > TLB_LOG_MAX {
+            log.pop_front();
+        }
+        self.tlb_seq.store(seq, Relaxed);
+    }
+
+    /// The sequence number of the last TLB flush requested.
+    #[inline]
+    pub fn tlb_flush_seq(&self) -> u64 {
+        self.tlb_seq.load(Relaxed)
+    }
+
+    /// The TLB flushes requested after sequence number `seen`, and the
+    /// newest number. `None` when some were already dropped from the log
+    /// (the caller must flush everything).
+    pub fn tlb_flushes_since(&self, seen: u64) -> (Option<Vec<TlbFlush>>, u64) {
+        let log = self.tlb_log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.tlb_seq.load(Relaxed);
+        if log.front().is_some_and(|&(first, _)| first > seen + 1) {
+            return (None, now);
+        }
+        // Sequence numbers are consecutive: the newest `now - seen` entries.
+        let fresh = now.saturating_sub(seen) as usize;
+        let v = log
+            .iter()
+            .skip(log.len().saturating_sub(fresh))
+            .map(|&(_, f)| f)
+            .collect();
+        (Some(v), now)
     }
 
     /// The path a host file was opened with.
@@ -277,6 +347,16 @@ impl Platform for SimPlatform {
             .map_err(|_| KmmError::InvalidArgument {
                 what: "host file write failed",
             })
+    }
+    fn flush_tlb_kernel_range(&self, start: u64, end: u64) {
+        self.log_flush(TlbFlush::Kernel { start, end });
+    }
+    fn flush_tlb_mm_range(&self, asid: u16, start: u64, end: u64) {
+        self.log_flush(TlbFlush::Mm { asid, start, end });
+    }
+    fn flush_tlb_one_kernel(&self, addr: u64) {
+        let cpu = self.cpus.smp_processor_id();
+        self.log_flush(TlbFlush::One { cpu, addr });
     }
     fn preempt_count_add(&self, val: u32) -> bool {
         self.cpus.preempt_count_add(val).is_ok()
@@ -455,6 +535,8 @@ impl Machine {
             direct_reclaims: AtomicU64::new(0),
             reclaim: Mutex::new(None),
             files: Mutex::new(Vec::new()),
+            tlb_log: Mutex::new(std::collections::VecDeque::new()),
+            tlb_seq: AtomicU64::new(0),
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this
         // `Machine`, which drops `kmm` (declared first) before `ram`.

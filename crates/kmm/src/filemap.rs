@@ -297,7 +297,8 @@ impl<P: Platform> Kmm<P> {
         let host = a.host.load(Relaxed);
         let mut buf = [0u8; 512];
         let mut done = 0u64;
-        while done < want {
+        // Shared anonymous memory (shmem) has no file: its pages start zero.
+        while done < want && host != crate::memory::SHMEM_HOST {
             let n = (want - done).min(buf.len() as u64) as usize;
             let got = self.platform.file_read(host, off + done, &mut buf[..n])?;
             self.mem.write(phys + done, &buf[..got])?;
@@ -332,6 +333,10 @@ impl<P: Platform> Kmm<P> {
         if a.nrdirty.load(Relaxed) == 0 {
             return Ok(0);
         }
+        if a.host.load(Relaxed) == crate::memory::SHMEM_HOST {
+            // shmem has nothing to write to: its pages are cleaned when freed.
+            return self.clean_all(a);
+        }
         let ps = self.page_size();
         let host = a.host.load(Relaxed);
         let size = a.size.load(Relaxed);
@@ -363,6 +368,25 @@ impl<P: Platform> Kmm<P> {
             node = rb_next(&self.mem, n)?;
         }
         Ok(written)
+    }
+
+    /// Clears `PG_dirty` of every page of `a` (shmem at eviction).
+    fn clean_all(&self, a: &AddressSpace) -> Result<u64, KmmError> {
+        let _g = self.filemap.lock.lock();
+        let root = self.cache_root(a);
+        let mut node = rb_first(&self.mem, &root)?;
+        let mut n = 0;
+        while let Some(nd) = node {
+            let page = self.pfn_to_page(self.mem.read_u64(nd + NODE_PFN)?)?;
+            if page.flags().contains(PageFlags::DIRTY) {
+                page.clear_flags(PageFlags::DIRTY);
+                a.nrdirty.fetch_sub(1, Relaxed);
+                self.filemap.nr_dirty.fetch_sub(1, Relaxed);
+                n += 1;
+            }
+            node = rb_next(&self.mem, nd)?;
+        }
+        Ok(n)
     }
 
     /// `global_node_page_state(NR_FILE_PAGES)`: pages in the page cache

@@ -80,7 +80,7 @@ impl<P: Platform> Kmm<P> {
         let cache = self.task_cache()?;
         let obj = self.kmem_cache_zalloc(cache, GfpFlags::GFP_KERNEL)?;
         let task = self.__pa(obj)?;
-        let stack = match self.alloc_thread_stack_node(task, self.numa_node_id()) {
+        let stack = match self.alloc_thread_stack_node(u64::from(pid), self.numa_node_id()) {
             Ok(s) => s,
             Err(e) => {
                 self.kmem_cache_free(cache, obj)?;
@@ -114,7 +114,7 @@ impl<P: Platform> Kmm<P> {
         let t = self.task_struct(task)?;
         let base = t.stack.load(Relaxed);
         if base != 0 {
-            let st = self.kernel_stack_at(base, task)?;
+            let st = self.kernel_stack_at(base, t.pid.load(Relaxed))?;
             self.free_thread_stack(st)?;
         }
         t.state.store(1, Relaxed);

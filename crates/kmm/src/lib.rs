@@ -97,6 +97,16 @@
 //! | `rb_add`, `rb_find_add`, `rb_find`, `rb_find_first` (and lower/upper-bound walks such as `find_vma`'s) | [`rbtree::rb_add`], [`rbtree::rb_find_add`], [`rbtree::rb_find`], [`rbtree::rb_find_first`], [`rbtree::rb_first_ge`], [`rbtree::rb_first_gt`], [`rbtree::rb_last_le`], [`rbtree::rb_last_lt`] |
 //! | `struct rb_augment_callbacks`, `RB_DECLARE_CALLBACKS`, `rb_insert_augmented`, `rb_erase_augmented` | [`rbtree::RbAugment`], [`rbtree::RbCallbacks`] + [`rbtree::RbAugmentCompute`], [`rbtree::rb_insert_augmented`] / [`rbtree::rb_add_augmented`], [`rbtree::rb_erase_augmented`] |
 //! | `lib/rbtree_test.c`'s `check()`/`check_augmented()`, `browse_rb()` | [`rbtree::rb_check`], [`rbtree::rb_check_augmented`] |
+//! | `struct mm_struct` (the VMA part), `mm_alloc`, `exit_mmap`, `mmdrop`/`free_mm`, `mmap_write_lock` | [`MmStruct`], [`Kmm::mm_alloc`], [`Kmm::mm_free_vmas`], [`Kmm::mm_free`], [`Kmm::mmap_write_lock`] |
+//! | `struct vm_area_struct`, `vm_area_alloc`, `vm_area_free`, `insert_vm_struct`, `mm->mmap`/`vm_next`/`vm_prev` | [`VmAreaStruct`], [`Kmm::vm_area_alloc`], [`Kmm::vm_area_free`], [`Kmm::insert_vm_struct`], [`Kmm::vma_first`], [`Kmm::vma_next`], [`Kmm::vma_prev`], [`Kmm::for_each_vma`] ([`mmap::VmaInfo`]) |
+//! | `find_vma`, `vma_lookup`, `find_vma_prev`, `find_vma_intersection` | [`Kmm::find_vma`], [`Kmm::vma_lookup`], [`Kmm::find_vma_prev`], [`Kmm::find_vma_intersection`] |
+//! | `vma_merge`, `split_vma`, `validate_mm` | [`Kmm::vma_merge`], [`Kmm::split_vma`], [`Kmm::validate_mm`] |
+//! | `vm_get_page_prot`, `protection_map[]`, `vm_stat_account`, `total_vm`/`locked_vm`/`data_vm`/`exec_vm`/`stack_vm` | [`mmap::vm_get_page_prot`], [`Kmm::vm_stat_account`], [`Kmm::mm_vm_stat`] ([`mmap::MmVmStat`]) |
+//! | `get_unmapped_area`, `arch_get_unmapped_area_topdown`, `stack_guard_gap`, `vm.mmap_min_addr`, `vm.max_map_count`, `RLIMIT_STACK` | [`Kmm::get_unmapped_area`], [`Kmm::stack_guard_gap`], [`Kmm::mmap_min_addr`], [`Kmm::sysctl_max_map_count`], [`Kmm::stack_rlimit`] |
+//! | `mmap`/`do_mmap`, `munmap`/`do_munmap`, `mprotect`, `brk`, `mremap`, `madvise`, `mlock`, `munlock` | [`Kmm::do_mmap`] ([`mmap::MmapFile`]), [`Kmm::do_munmap`], [`Kmm::do_mprotect`], [`Kmm::do_brk`], [`Kmm::do_mremap`], [`Kmm::do_madvise`], [`Kmm::do_mlock`], [`Kmm::do_munlock`] |
+//! | `PROT_*`, `MAP_*`, `MREMAP_*`, `MADV_*`, `VM_SEQ_READ`, `VM_RAND_READ`, `VM_SPECIAL` | constants in [`mmap`] |
+//! | `expand_stack` (`expand_downwards`) | [`Kmm::expand_stack`] |
+//! | `zap_page_range`, `change_protection`, `move_page_tables`, `populate_vma_page_range`, `get_file`/`fput` as the area code calls them | [`mmap::MmOps`] (contract there; [`mmap::NoMmOps`] does nothing) |
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -114,6 +124,7 @@ pub mod mempool;
 pub mod mm;
 pub mod mm_init;
 pub mod mm_types;
+pub mod mmap;
 pub mod mmzone;
 pub mod page_alloc;
 pub mod percpu;

@@ -407,24 +407,61 @@ impl<P: Platform> Kmm<P> {
     ) -> Result<(), KmmError> {
         let m = self.mm_struct(mm)?;
         let fmt = self.mm_format(m);
-        let ps = self.page_size();
-        let span = 1u64 << fmt.shift(1);
+        let root = m.pgd.load(Relaxed);
+        if root == 0 || start >= end {
+            return Ok(());
+        }
+        let top = fmt.levels() - 1;
+        let limit = self.kernel_pgd_index(fmt, m.task_size.load(Relaxed));
+        self.walk_range(fmt, root, top, 0, start, end, limit, f)
+    }
+
+    /// The present leaves under `table` (at `level`, covering addresses
+    /// from `base`) inside `[start, end)`, skipping empty subtrees.
+    #[allow(clippy::too_many_arguments)] // the walk's position plus the range
+    fn walk_range(
+        &self,
+        fmt: &dyn PagingFormat,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        limit: usize,
+        f: &mut dyn FnMut(u64, u64, PteFlags) -> Result<(), KmmError>,
+    ) -> Result<(), KmmError> {
+        let shift = fmt.shift(level);
+        let span = 1u64 << shift;
+        let n = if level == fmt.levels() - 1 {
+            limit
+        } else {
+            fmt.entries(level)
+        };
+        let first = if start > base {
+            (((start - base) >> shift) as usize).min(n)
+        } else {
+            0
+        };
         let es = fmt.entry_size();
-        let mut addr = start & !(ps - 1);
-        while addr < end {
-            let table_end = ((addr | (span - 1)).saturating_add(1)).min(end);
-            if let Some(table) = self.pte_table(mm, addr, false)? {
-                let mut a = addr;
-                while a < table_end {
-                    let ptep = table + Self::pt_index(fmt, a, 0) as u64 * es;
-                    let raw = self.read_pte(fmt, ptep)?;
-                    if let Entry::Leaf { phys, flags } = fmt.decode(raw, 0) {
-                        f(ptep, phys >> self.page_shift, flags)?;
-                    }
-                    a += ps;
-                }
+        for idx in first..n {
+            let lo = base + ((idx as u64) << shift);
+            if lo >= end {
+                break;
             }
-            addr = table_end;
+            let at = table + idx as u64 * es;
+            let raw = self.read_pte(fmt, at)?;
+            if raw == 0 {
+                continue;
+            }
+            match fmt.decode(raw, level) {
+                Entry::Table(next) if level > 0 => {
+                    self.walk_range(fmt, next, level - 1, lo, start, end, limit, f)?;
+                }
+                Entry::Leaf { phys, flags } if level == 0 && lo + span > start => {
+                    f(at, phys >> self.page_shift, flags)?;
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -978,5 +1015,202 @@ impl<P: Platform> Kmm<P> {
     /// `NR_ANON_MAPPED` (`AnonPages:`).
     pub fn nr_anon_mapped(&self) -> u64 {
         self.memory.nr_anon.load(Relaxed)
+    }
+}
+
+/// The page side of the VMA operations ([`crate::mmap::MmOps`]): what
+/// `munmap`, `mprotect`, `mremap`, `MAP_POPULATE`/`mlock` and the life of a
+/// file-backed VMA do to page tables, pages and file references.
+pub struct PageTableOps<'k, P: Platform>(pub &'k Kmm<P>);
+
+impl<P: Platform> crate::mmap::MmOps for PageTableOps<'_, P> {
+    fn zap_range(&self, mm: u64, _vma: u64, start: u64, end: u64) -> Result<(), KmmError> {
+        self.0.zap_page_range(mm, start, end)
+    }
+
+    fn change_protection(
+        &self,
+        mm: u64,
+        vma: u64,
+        start: u64,
+        end: u64,
+        prot: PteFlags,
+    ) -> Result<(), KmmError> {
+        self.0.change_protection(mm, vma, start, end, prot)
+    }
+
+    fn move_page_tables(
+        &self,
+        mm: u64,
+        _old_vma: u64,
+        old_start: u64,
+        _new_vma: u64,
+        new_start: u64,
+        len: u64,
+    ) -> Result<(), KmmError> {
+        self.0.move_page_tables(mm, old_start, new_start, len)
+    }
+
+    fn populate(&self, mm: u64, vma: u64, start: u64, end: u64) -> Result<(), KmmError> {
+        self.0.populate_vma_page_range(mm, vma, start, end)
+    }
+
+    fn vma_opened(&self, _mm: u64, vma: u64) {
+        if let Ok(v) = self.0.vm_area(vma) {
+            let file = v.vm_file.load(Relaxed);
+            if file != 0 {
+                let _ = self.0.filemap_get(file);
+            }
+        }
+    }
+
+    fn vma_closed(&self, _mm: u64, vma: u64) {
+        if let Ok(v) = self.0.vm_area(vma) {
+            let file = v.vm_file.load(Relaxed);
+            if file != 0 {
+                let _ = self.0.filemap_put(file);
+            }
+        }
+    }
+}
+
+impl<P: Platform> Kmm<P> {
+    /// `handle_mm_fault()` with the VMA lookup of `do_user_addr_fault()`: the
+    /// page fault of `task` at user address `addr` of `mm`. No VMA, or an
+    /// access the VMA forbids, is a SIGSEGV (`SEGV_MAPERR`, `SEGV_ACCERR`);
+    /// an address just below a `VM_GROWSDOWN` VMA grows the stack. The
+    /// caller holds `mmap_lock`.
+    pub fn handle_mm_fault(
+        &self,
+        task: u64,
+        mm: u64,
+        addr: u64,
+        access: FaultAccess,
+    ) -> Result<FaultResult, KmmError> {
+        let Some(vma) = self.find_vma(mm, addr)? else {
+            return Ok(FaultResult::Segv(SegvCode::MapErr));
+        };
+        let v = self.vm_area(vma)?;
+        let flags = VmaFlags::from_bits_retain(v.vm_flags.load(Relaxed));
+        if addr < v.vm_start.load(Relaxed)
+            && (!flags.contains(VmaFlags::VM_GROWSDOWN)
+                || self.expand_stack(mm, vma, addr).is_err())
+        {
+            return Ok(FaultResult::Segv(SegvCode::MapErr));
+        }
+        if !Self::vma_access_ok(flags, access) {
+            return Ok(FaultResult::Segv(SegvCode::AccErr));
+        }
+        self.handle_vma_fault(task, mm, vma, addr, access)
+    }
+
+    /// `populate_vma_page_range()`: faults in every page of `[start, end)`
+    /// of `vma` (writing, to break copy-on-write, in a private writable
+    /// mapping).
+    pub fn populate_vma_page_range(
+        &self,
+        mm: u64,
+        vma: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<(), KmmError> {
+        let v = self.vm_area(vma)?;
+        let flags = VmaFlags::from_bits_retain(v.vm_flags.load(Relaxed));
+        let write = flags.contains(VmaFlags::VM_WRITE) && !flags.contains(VmaFlags::VM_SHARED);
+        let access = if write {
+            FaultAccess::Write
+        } else {
+            FaultAccess::Read
+        };
+        if !Self::vma_access_ok(flags, access) {
+            return Ok(());
+        }
+        let ps = self.page_size();
+        let mut a = start & !(ps - 1);
+        while a < end {
+            let present = self.follow_pte(mm, a)?;
+            let needs = match present {
+                None => true,
+                Some((_, f)) => write && !f.pte_write(),
+            };
+            if needs {
+                if let FaultResult::Bus = self.handle_vma_fault(0, mm, vma, a, access)? {
+                    break;
+                }
+            }
+            a += ps;
+        }
+        Ok(())
+    }
+
+    /// `dup_mm()` / `dup_mmap()` for `fork`: a new address space with a copy
+    /// of every VMA of `old` but the `VM_DONTCOPY` ones (without
+    /// `VM_LOCKED`: locks are not inherited), and of their page tables
+    /// (copy-on-write for private writable mappings). Returns the new mm.
+    pub fn dup_mm(&self, old: u64) -> Result<u64, KmmError> {
+        let o = self.mm_struct(old)?;
+        let new = self.mm_alloc(o.task_size.load(Relaxed), o.mmap_base.load(Relaxed))?;
+        let n = self.mm_struct(new)?;
+        let copy = |d: &AtomicU64, s: &AtomicU64| d.store(s.load(Relaxed), Relaxed);
+        copy(&n.start_code, &o.start_code);
+        copy(&n.end_code, &o.end_code);
+        copy(&n.start_data, &o.start_data);
+        copy(&n.end_data, &o.end_data);
+        copy(&n.start_brk, &o.start_brk);
+        copy(&n.brk, &o.brk);
+        copy(&n.start_stack, &o.start_stack);
+        copy(&n.arg_start, &o.arg_start);
+        copy(&n.arg_end, &o.arg_end);
+        copy(&n.env_start, &o.env_start);
+        copy(&n.env_end, &o.env_end);
+        copy(&n.def_flags, &o.def_flags);
+        if let Err(e) = self.mm_pgd_alloc(new) {
+            self.mm_free(new)?;
+            return Err(e);
+        }
+        let r = self.dup_mmap(new, old);
+        if let Err(e) = r {
+            self.exit_mmap(new)?;
+            self.mm_pgd_free(new)?;
+            self.mm_free(new)?;
+            return Err(e);
+        }
+        Ok(new)
+    }
+
+    fn dup_mmap(&self, new: u64, old: u64) -> Result<(), KmmError> {
+        let ops = PageTableOps(self);
+        let mut vma = self.mm_struct(old)?.mmap.load(Relaxed);
+        while vma != 0 {
+            let v = self.vm_area(vma)?;
+            let next = v.vm_next.load(Relaxed);
+            let flags = VmaFlags::from_bits_retain(v.vm_flags.load(Relaxed));
+            if !flags.contains(VmaFlags::VM_DONTCOPY) {
+                let (start, end) = (v.vm_start.load(Relaxed), v.vm_end.load(Relaxed));
+                let nv = self.vm_area_alloc(new)?;
+                let c = self.vm_area(nv)?;
+                c.vm_start.store(start, Relaxed);
+                c.vm_end.store(end, Relaxed);
+                c.vm_flags
+                    .store((flags - VmaFlags::VM_LOCKED).bits(), Relaxed);
+                c.vm_pgoff.store(v.vm_pgoff.load(Relaxed), Relaxed);
+                c.vm_file.store(v.vm_file.load(Relaxed), Relaxed);
+                c.anon_vma.store(v.anon_vma.load(Relaxed), Relaxed);
+                if let Err(e) = self.insert_vm_struct(new, nv, &ops) {
+                    self.vm_area_free(nv)?;
+                    return Err(e);
+                }
+                self.copy_page_range(new, old, start, end, flags)?;
+            }
+            vma = next;
+        }
+        Ok(())
+    }
+
+    /// `exit_mmap()`: every VMA of `mm` zapped and freed (file references
+    /// dropped). The page tables are freed by [`Self::mm_pgd_free`], the
+    /// `mm_struct` by [`Self::mm_free`].
+    pub fn exit_mmap(&self, mm: u64) -> Result<(), KmmError> {
+        self.mm_free_vmas(mm, &PageTableOps(self))
     }
 }

@@ -105,6 +105,8 @@ pub struct Kmm<P: Platform> {
     pub(crate) task_stack: crate::task_stack::StackState,
     /// The kernel page table, the layout and the vmalloc allocator.
     pub(crate) vm: crate::vmalloc::VmallocState,
+    /// The VMA and mm_struct caches and the mmap tunables (`mm/mmap.c`).
+    pub(crate) mmap: crate::mmap::MmapState,
     /// Permanent and atomic kmaps of high memory.
     pub(crate) highmem: crate::highmem::HighmemState,
     /// The page cache.

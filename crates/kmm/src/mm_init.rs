@@ -583,6 +583,7 @@ impl<P: Platform> EarlyBoot<P> {
             percpu,
             task_stack: crate::task_stack::StackState::new(),
             vm: crate::vmalloc::VmallocState::new(layout),
+            mmap: crate::mmap::MmapState::new(),
             highmem: crate::highmem::HighmemState::new(),
             filemap: crate::filemap::FilemapState::new(),
             rmap: crate::rmap::RmapState::new(),

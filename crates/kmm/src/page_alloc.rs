@@ -402,6 +402,9 @@ impl<P: Platform> Kmm<P> {
         let map = self.mem_map();
         let page = &map[pfn as usize];
         page.refcount.store(1, Relaxed);
+        // post_alloc_hook(): set_page_private(page, 0) — the buddy order
+        // kept there while free is meaningless now.
+        page.private.store(0, Relaxed);
         page.set_alloc_order(Some(order));
         if gfp.contains(GfpFlags::__GFP_ZERO) {
             let bytes = (self.page_size() << order) as usize;
@@ -672,15 +675,6 @@ impl<P: Platform> Kmm<P> {
         if order >= MAX_ORDER as u32 {
             return Err(KmmError::OrderTooLarge { order });
         }
-        // free_page_is_bad(), in one look at the flags word: nothing that must
-        // be clear at free, allocated with this very order, not mapped.
-        let raw = page.raw_flags();
-        let sane = raw & FLAGS_CHECK_AT_FREE.bits() == 0
-            && Page::alloc_order_of(raw) == Some(order)
-            && page.mapcount.load(Relaxed) == -1;
-        if !sane {
-            return Err(self.free_check_failed(page, pfn, order));
-        }
         // put_page_testzero(): only the last reference frees.
         let old = page.refcount.fetch_sub(1, Relaxed);
         if old <= 0 {
@@ -693,6 +687,17 @@ impl<P: Platform> Kmm<P> {
         }
         if old != 1 {
             return Ok(());
+        }
+        // free_page_is_bad(), in one look at the flags word: nothing that must
+        // be clear at free, allocated with this very order, not mapped. A bad
+        // page keeps its reference: the report leaves it as it was.
+        let raw = page.raw_flags();
+        let sane = raw & FLAGS_CHECK_AT_FREE.bits() == 0
+            && Page::alloc_order_of(raw) == Some(order)
+            && page.mapcount.load(Relaxed) == -1;
+        if !sane {
+            page.refcount.fetch_add(1, Relaxed);
+            return Err(self.free_check_failed(page, pfn, order));
         }
         // free_pages_prepare(): the last reference is gone, nobody else may
         // touch the descriptor, so one plain store clears order and head bits.

@@ -70,7 +70,12 @@ impl<P: Platform> Kmm<P> {
         Ok(c)
     }
 
+    /// The first `pte_chain` of a mapped page (none while unmapped:
+    /// `private` is then someone else's).
     fn chain_head(page: &Page) -> u64 {
+        if page.page_mapcount() <= 0 {
+            return 0;
+        }
         u64::from(page.private()) << CHAIN_SHIFT
     }
 
