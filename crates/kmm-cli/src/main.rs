@@ -8,13 +8,15 @@
 //! | `kmm` / `kmm tour`    | [`tour`]     |
 //! | `kmm boot ...`        | [`boot`]     |
 //! | `kmm slabtop ...`     | [`slabtop`] (after a [`workload`]) |
-//! | `kmm bench pages`, `kmm bench slab` | [`bench`] |
+//! | `kmm bench pages`, `kmm bench slab`, `kmm bench vm` | [`bench`] |
 //!
 //! Every failure ends as one `kmm: <what was wrong>` line on stderr and exit
 //! status 1; a closed stdout (`kmm | head`) ends the run quietly.
 
 mod bench;
 mod boot;
+mod run;
+mod script;
 mod size;
 mod slabtop;
 mod tour;
@@ -43,9 +45,14 @@ enum Command {
     Boot(boot::BootArgs),
     /// Boot a machine, run a workload, then list the slab caches like `slabtop -o`.
     Slabtop(slabtop::SlabtopArgs),
+    /// Boot a machine and run a workload file (`.kmm`) on its processes.
+    Run(run::RunArgs),
+    /// Boot a machine and run workload commands from standard input.
+    Shell(run::ShellArgs),
     /// Run a benchmark and print ns per operation and ratios.
     Bench {
-        /// Which benchmark: `pages` (the page allocator) or `slab` (slab caches and kmalloc).
+        /// Which benchmark: `pages` (the page allocator), `slab` (slab caches and
+        /// kmalloc) or `vm` (loads through the software MMU: TLB hits, page walks).
         what: String,
     },
 }
@@ -127,6 +134,8 @@ fn main() -> ExitCode {
         None | Some(Command::Tour) => tour::run(&mut out),
         Some(Command::Boot(args)) => boot::run(args, &mut out),
         Some(Command::Slabtop(args)) => slabtop::run(args, &mut out),
+        Some(Command::Run(args)) => run::run(args, &mut out),
+        Some(Command::Shell(args)) => run::shell(args, &mut out),
         Some(Command::Bench { what }) => {
             // The benchmark prints for itself; nothing is buffered here.
             let _ = out.flush();

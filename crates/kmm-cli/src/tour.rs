@@ -10,6 +10,7 @@
 mod heap;
 mod percpu;
 mod pgtable;
+mod process;
 mod slab;
 mod stack;
 mod vm;
@@ -254,6 +255,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     pgtable::step(&mut t, &m)?;
     stack::step(&mut t, &m)?;
     vm::steps(&mut t, &m)?;
+    process::steps(&mut t)?;
 
     t.step(
         "What the kernel counted",

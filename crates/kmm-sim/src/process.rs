@@ -245,7 +245,12 @@ impl<'m> System<'m> {
     /// `mm_alloc()` + `pgd_alloc()` with the x86 legacy layout values.
     fn new_mm(&self) -> Result<u64, SysError> {
         let k = self.k();
-        let task_size = self.task_size();
+        if k.swapper_pg_dir().is_none() {
+            return Err(SysError::Kmm(KmmError::InvalidArgument {
+                what: "processes need a kernel page table: boot with --page-size 4K (x86's only page size)",
+            }));
+        }
+        let task_size = self.task_size() & !(k.page_size() - 1);
         let mmap_base = (task_size - MIN_GAP) & !(k.page_size() - 1);
         let mm = k.mm_alloc(task_size, mmap_base)?;
         if let Err(e) = k.mm_pgd_alloc(mm) {
@@ -259,6 +264,11 @@ impl<'m> System<'m> {
     /// (what `fork` of a shell followed by the start of `execve` is).
     pub fn spawn(&self, comm: &str) -> Result<Pid, SysError> {
         let mm = self.new_mm()?;
+        // A heap where an empty position-independent program would have
+        // it (ELF_ET_DYN_BASE plus a page), so brk works before any exec.
+        let k = self.k();
+        let base = ((self.task_size() / 3) * 2) & !(k.page_size() - 1);
+        k.mm_set_brk_base(mm, base + k.page_size())?;
         self.add_proc(comm, mm, 0)
     }
 
