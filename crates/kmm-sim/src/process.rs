@@ -1104,12 +1104,7 @@ impl<'m> System<'m> {
                 };
             }
         }
-        let mut s = crate::procfs::read(self.m, path).map_err(SysError::Host)?;
-        if path == "/proc/vmstat" {
-            let (faults, major, _) = self.k().fault_counts();
-            s.push_str(&format!("pgfault {faults}\npgmajfault {major}\n"));
-        }
-        Ok(s)
+        crate::procfs::read(self.m, path).map_err(SysError::Host)
     }
 
     fn vmas(&self, mm: u64) -> Result<Vec<u64>, SysError> {

@@ -395,6 +395,14 @@ impl<P: Platform> Kmm<P> {
         self.filemap.nr_file_pages.load(Relaxed)
     }
 
+    /// `pgpgin` and `pgpgout`: KiB read from and written to files.
+    pub fn pgpgin_pgpgout(&self) -> (u64, u64) {
+        (
+            self.filemap.pgpgin.load(Relaxed),
+            self.filemap.pgpgout.load(Relaxed),
+        )
+    }
+
     /// `NR_FILE_DIRTY` (`Dirty:`).
     pub fn nr_file_dirty(&self) -> u64 {
         self.filemap.nr_dirty.load(Relaxed)

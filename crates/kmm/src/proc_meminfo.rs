@@ -35,6 +35,8 @@ pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     line(out, "MemTotal", kb(k.totalram_pages()))?;
     line(out, "MemFree", kb(k.nr_free_pages()))?;
     line(out, "MemAvailable", kb(mem_available_pages(k)))?;
+    line(out, "Buffers", 0)?;
+    line(out, "Cached", kb(k.nr_file_pages()))?;
     if k.arch().max_lowmem.is_some() {
         let (mut ht, mut hf) = (0, 0);
         for z in k.zones().filter(|z| z.zone_type().is_highmem()) {
@@ -46,6 +48,10 @@ pub fn meminfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
         line(out, "LowTotal", kb(k.totalram_pages() - ht))?;
         line(out, "LowFree", kb(k.nr_free_pages() - hf))?;
     }
+    line(out, "Dirty", kb(k.nr_file_dirty()))?;
+    line(out, "Writeback", 0)?;
+    line(out, "AnonPages", kb(k.nr_anon_mapped()))?;
+    line(out, "Mapped", kb(k.nr_file_mapped()))?;
     let (srec, sunrec) = (k.nr_slab_reclaimable(), k.nr_slab_unreclaimable());
     line(out, "KReclaimable", kb(srec))?;
     line(out, "Slab", kb(srec + sunrec))?;

@@ -91,13 +91,24 @@ pub fn vmstat<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
     writeln!(out, "numa_miss {miss}")?;
     writeln!(out, "nr_slab_reclaimable {}", k.nr_slab_reclaimable())?;
     writeln!(out, "nr_slab_unreclaimable {}", k.nr_slab_unreclaimable())?;
+    writeln!(out, "nr_anon_pages {}", k.nr_anon_mapped())?;
+    writeln!(out, "nr_mapped {}", k.nr_file_mapped())?;
+    writeln!(out, "nr_file_pages {}", k.nr_file_pages())?;
+    writeln!(out, "nr_dirty {}", k.nr_file_dirty())?;
     // A node stat in kB since Linux 4.9, between the slab and page-table counts.
     writeln!(out, "nr_kernel_stack {}", k.nr_kernel_stack_kb())?;
+    writeln!(out, "nr_page_table_pages {}", k.nr_page_table_pages())?;
+    let (pgin, pgout) = k.pgpgin_pgpgout();
+    writeln!(out, "pgpgin {pgin}")?;
+    writeln!(out, "pgpgout {pgout}")?;
     for (i, t) in zt.iter().enumerate() {
         writeln!(out, "pgalloc_{} {}", t.vmstat_suffix(), pgalloc[i])?;
     }
     for (i, t) in zt.iter().enumerate() {
         writeln!(out, "allocstall_{} {}", t.vmstat_suffix(), stall[i])?;
     }
-    writeln!(out, "pgfree {pgfree}")
+    writeln!(out, "pgfree {pgfree}")?;
+    let (faults, major, _) = k.fault_counts();
+    writeln!(out, "pgfault {faults}")?;
+    writeln!(out, "pgmajfault {major}")
 }
