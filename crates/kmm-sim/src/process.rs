@@ -695,10 +695,13 @@ impl<'m> System<'m> {
         let ps = k.page_size();
         let mut done = 0usize;
         let mut retries = 0;
+        let (mut cpu, mut pt, mut asid) = self.cpu_pt(&p)?;
         while done < len || (len == 0 && done == 0 && retries == 0 && kind == Access::Exec) {
             let at = addr.wrapping_add(done as u64);
             self.sync_tlb();
-            let (cpu, pt, asid) = self.cpu_pt(&p)?;
+            if retries > 0 {
+                (cpu, pt, asid) = self.cpu_pt(&p)?;
+            }
             match self.mmu.translate(cpu, &pt, asid, at, kind, true) {
                 Ok(phys) => {
                     let n = ((ps - (at & (ps - 1))) as usize).min(len - done);

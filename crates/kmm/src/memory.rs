@@ -977,6 +977,10 @@ impl<P: Platform> Kmm<P> {
         let zero = self.zero_pfn();
         let cow = !vflags.contains(VmaFlags::VM_SHARED) && vflags.contains(VmaFlags::VM_MAYWRITE);
         let mut any_wp = false;
+        // The child's PTE table of the current span, walked to once per
+        // table rather than once per page.
+        let span_shift = fmt.shift(1);
+        let mut cur: (u64, u64) = (u64::MAX, 0);
         self.for_each_pte(src, start, end, &mut |ptep, pfn, flags| {
             let addr = self.ptep_address_in(fmt, ptep, start)?;
             let mut f = flags;
@@ -985,9 +989,13 @@ impl<P: Platform> Kmm<P> {
                 self.write_pte(fmt, ptep, self.encode_pte(fmt, pfn, f)?)?;
                 any_wp = true;
             }
-            let dptep = self
-                .pte_addr(dst, addr, true)?
-                .ok_or(KmmError::NotMapped { virt: addr })?;
+            if cur.0 != addr >> span_shift {
+                let table = self
+                    .pte_table(dst, addr, true)?
+                    .ok_or(KmmError::NotMapped { virt: addr })?;
+                cur = (addr >> span_shift, table);
+            }
+            let dptep = cur.1 + Self::pt_index(fmt, addr, 0) as u64 * fmt.entry_size();
             if pfn == zero {
                 return self.write_pte(fmt, dptep, self.encode_pte(fmt, pfn, f)?);
             }
