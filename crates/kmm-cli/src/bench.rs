@@ -25,10 +25,13 @@
 //! The output ends with one `ratio <what> <value>` line per comparison.
 //!
 //! `kmm bench slab` (the slab layer and kmalloc against the object
-//! allocators of crates.io) lives in [`slab`] and shares the timing harness
-//! of this module.
+//! allocators of crates.io) lives in [`slab`], and `kmm bench vm` (loads
+//! through the software MMU, TLB hits and page walks, against native loads)
+//! in [`vm`]; both share the timing harness of this module.
 
+pub mod faults;
 mod slab;
+mod vm;
 
 use buddy_system_allocator::FrameAllocator;
 use kmm::{GfpFlags, Kmm, Page, ZoneType, MAX_ORDER};
@@ -47,6 +50,14 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "slab",
         "slab caches and kmalloc: 64-byte cache pairs, kmalloc pairs of 8-4096 bytes, producer/consumer on 2 CPUs, 1M live objects; kmm vs slabmalloc, talc, linked_list_allocator, buddy_system_allocator, System, mimalloc",
     ),
+    (
+        "vm",
+        "software MMU: 8-byte loads on TLB hits and on misses with a 4-level page walk, vs a native load from a Vec<u64>",
+    ),
+    (
+        "faults",
+        "processes: anonymous write faults, fork of 1 GiB written, TLB-hit loads; kmm vs this machine's Linux kernel",
+    ),
 ];
 
 /// Runs the benchmark named `what`, printing its report to stdout.
@@ -63,6 +74,9 @@ pub fn run(what: &str) -> Result<(), String> {
     match what {
         "pages" => pages(&Settings::full(), &mut out).map(drop),
         "slab" => slab::slab(&slab::SlabSettings::full(), &mut out).map(drop),
+        "vm" => vm::vm(&vm::VmSettings::full(), &mut out).map(drop),
+        "faults" => faults::run(&faults::FaultsArgs::default(), &mut std::io::stdout())
+            .map_err(|e| e.to_string()),
         _ => {
             let known: Vec<String> = BENCHMARKS
                 .iter()
@@ -690,5 +704,7 @@ mod tests {
         assert!(e.contains("unknown benchmark `nope`"), "{e}");
         assert!(e.contains("pages"), "{e}");
         assert!(e.contains("slab"), "{e}");
+        assert!(e.contains("vm"), "{e}");
+        assert!(e.contains("faults"), "{e}");
     }
 }

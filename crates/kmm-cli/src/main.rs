@@ -8,7 +8,8 @@
 //! | `kmm` / `kmm tour`    | [`tour`]     |
 //! | `kmm boot ...`        | [`boot`]     |
 //! | `kmm slabtop ...`     | [`slabtop`] (after a [`workload`]) |
-//! | `kmm bench pages`, `kmm bench slab`, `kmm bench vm` | [`bench`] |
+//! | `kmm bench pages`, `kmm bench slab`, `kmm bench vm`, `kmm bench faults` | [`bench`] |
+//! | `kmm run FILE`, `kmm shell` | [`run`] |
 //!
 //! Every failure ends as one `kmm: <what was wrong>` line on stderr and exit
 //! status 1; a closed stdout (`kmm | head`) ends the run quietly.
@@ -52,8 +53,13 @@ enum Command {
     /// Run a benchmark and print ns per operation and ratios.
     Bench {
         /// Which benchmark: `pages` (the page allocator), `slab` (slab caches and
-        /// kmalloc) or `vm` (loads through the software MMU: TLB hits, page walks).
+        /// kmalloc), `vm` (loads through the software MMU: TLB hits, page walks)
+        /// or `faults` (page faults, fork and loads of a process, against the
+        /// host's Linux kernel).
         what: String,
+        /// The options of `kmm bench faults`.
+        #[command(flatten, next_help_heading = "Options of `kmm bench faults`")]
+        faults: bench::faults::FaultsArgs,
     },
 }
 
@@ -136,7 +142,13 @@ fn main() -> ExitCode {
         Some(Command::Slabtop(args)) => slabtop::run(args, &mut out),
         Some(Command::Run(args)) => run::run(args, &mut out),
         Some(Command::Shell(args)) => run::shell(args, &mut out),
-        Some(Command::Bench { what }) => {
+        Some(Command::Bench { what, faults }) if what == "faults" => {
+            bench::faults::run(faults, &mut out)
+        }
+        Some(Command::Bench { what, faults }) if faults.given() => Err(Error::Msg(format!(
+            "--pages, --rounds, --fork-size, --loads, --ram and --quick are options of `kmm bench faults`, not of `kmm bench {what}`"
+        ))),
+        Some(Command::Bench { what, .. }) => {
             // The benchmark prints for itself; nothing is buffered here.
             let _ = out.flush();
             bench::run(what).map_err(Error::Msg)

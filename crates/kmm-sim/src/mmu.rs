@@ -21,15 +21,39 @@
 //! sent with `wait=1`: when the call returns, no CPU holds a stale entry.
 //!
 //! # Concurrency
-//! Each CPU's TLB sits behind its own lock (never a global one); a
-//! translation locks only its CPU's TLB, and holds it across a miss's walk
-//! and fill, so a shootdown that arrives meanwhile (it needs that lock too)
+//! Each CPU's TLB has its own lock (never a global one). Fills,
+//! invalidations, shootdowns, [`Mmu::switch_mm`] and statistics snapshots
+//! take it; a translation that misses takes it too, and holds it across its
+//! walk and fill, so a shootdown that arrives meanwhile (it needs that lock)
 //! cannot be overtaken by the fill of a translation it was meant to kill.
-//! A TLB hit neither allocates nor formats.
+//!
+//! A TLB hit takes no lock. Each entry is a few words (a key with the
+//! page, its size and a valid bit; a value with the physical address and
+//! the flags, global bit included; the address-space tag), and each CPU's
+//! TLB has a version, together a seqlock: writers, always under the lock,
+//! make the version odd, change entries, and make it even again. A lookup
+//! reads the version, finds the entry whose key and tag match, and uses it
+//! only if the version was even and has not changed since; otherwise it
+//! retries under the lock. So when an invalidation (a shootdown, `invlpg`,
+//! a flush) has returned, no later lookup can use the entry: a lookup that
+//! validated before the invalidation began is an access that completed
+//! before it, as on hardware, where the IPI waits for the instruction in
+//! flight.
+//!
+//! A CPU is one thread at a time (its translations come from the thread
+//! running it), so the LRU clock (which also counts the hits) and the
+//! entries' LRU stamps, which hits update, are plain relaxed loads and
+//! stores rather than atomic read-modify-writes: a CPU never races with
+//! itself. If two threads did use one CPU number at once, translations
+//! would stay correct; only hit counts and the LRU order could lose updates.
+//! A TLB hit neither allocates, formats nor locks.
 
 use crate::machine::{Machine, SimPlatform};
 use kmm::{Kmm, KmmError, PageTable, Platform, PteFlags};
 use std::fmt;
+use std::sync::atomic::{
+    fence, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// x86's `X86_PF_PROT`: the page was present (a protection violation).
@@ -231,22 +255,15 @@ impl fmt::Display for TlbStats {
     }
 }
 
-/// One cached translation.
-#[derive(Clone, Copy, Debug, Default)]
+/// One cached translation, decoded (what flushes look at, under the lock).
+#[derive(Clone, Copy, Debug)]
 struct TlbEntry {
     /// Virtual page number (`virt >> shift`).
     vpn: u64,
-    /// Physical address of the page.
-    base: u64,
-    /// The leaf's flags when it was cached (dirty included).
-    flags: PteFlags,
-    /// LRU clock value of the last use.
-    stamp: u64,
     /// Address-space tag (0 when tags are off).
     asid: u16,
     /// log2 of the page size.
-    shift: u8,
-    valid: bool,
+    shift: u32,
     global: bool,
 }
 
@@ -259,49 +276,237 @@ impl TlbEntry {
     }
 }
 
-/// One CPU's TLB and counters.
-#[derive(Debug)]
-struct Tlb {
-    entries: Vec<TlbEntry>,
-    /// Bit `s` set: some valid entry may have page shift `s`.
-    shifts: u64,
-    clock: u64,
-    /// The loaded address space (`cpu_tlbstate.loaded_mm_asid`).
-    asid: u16,
-    stats: TlbStats,
+/// Key word: the entry is valid.
+const KEY_VALID: u64 = 1 << 0;
+/// Key word: the page shift sits in bits 1-6.
+const KEY_SHIFT: u32 = 1;
+/// Key and value words: the low bits below the page (every page is at least
+/// 4 KiB, so a page's address leaves them free).
+const LOW: u64 = 0xfff;
+/// Smallest page shift an entry can hold (the packing needs 12 free bits).
+const MIN_SHIFT: u32 = 12;
+/// Value word: the flag bits kept in place (`PRESENT` to `GLOBAL`).
+const VAL_FLAGS: u64 = 0x1ff;
+/// Value word: the entry is global (`_PAGE_GLOBAL`, in place).
+const VAL_GLOBAL: u64 = PteFlags::GLOBAL.bits();
+/// Value word: where `_PAGE_NX` (bit 63 of the flags) is kept.
+const VAL_NX: u32 = 11;
+/// A CPU's version ([`CpuTlb::seq`]) is odd while a writer changes entries.
+const SEQ_BUSY: u64 = 1;
+
+/// The key word of a valid entry for `vpn` with page shift `shift`.
+#[inline(always)]
+fn key_of(vpn: u64, shift: u32) -> u64 {
+    (vpn << shift) | (u64::from(shift) << KEY_SHIFT) | KEY_VALID
 }
 
-impl Tlb {
+/// The value word of a page at `start` mapped at physical `base`: the
+/// distance from the virtual to the physical page (so that a hit's physical
+/// address is one addition away), with the flags packed into its low bits.
+#[inline(always)]
+fn val_of(start: u64, base: u64, flags: PteFlags) -> u64 {
+    let f = flags.bits();
+    base.wrapping_sub(start) | (f & VAL_FLAGS) | ((f >> 63) << VAL_NX)
+}
+
+/// The physical address of `virt` through an entry with value word `val`.
+#[inline(always)]
+fn val_phys(val: u64, virt: u64) -> u64 {
+    virt.wrapping_add(val & !LOW)
+}
+
+/// The flags of a value word.
+#[inline(always)]
+fn val_flags(val: u64) -> PteFlags {
+    PteFlags::from_bits_retain((val & VAL_FLAGS) | (((val >> VAL_NX) & 1) << 63))
+}
+
+/// One TLB entry as the lock-free lookup reads it. Its key, value and tag
+/// change only under the CPU's lock, between [`CpuTlb::write_begin`] and
+/// [`CpuTlb::write_end`] (the CPU's seqlock).
+#[repr(C, align(32))]
+#[derive(Debug, Default)]
+struct Slot {
+    /// `page start | shift << 1 | VALID` ([`key_of`]); 0 when invalid.
+    key: AtomicU64,
+    /// `physical base - page start | flags` ([`val_of`]); the leaf's flags
+    /// when cached, dirty and global bits included.
+    val: AtomicU64,
+    /// The address-space tag (0 when tags are off).
+    tag: AtomicU64,
+    /// LRU clock value of the last use (hits store it without the lock).
+    stamp: AtomicU64,
+}
+
+impl Slot {
+    /// Replaces the entry; the caller holds the CPU's lock and has opened a
+    /// change with [`CpuTlb::write_begin`].
+    #[inline]
+    fn set(&self, key: u64, val: u64, tag: u16) {
+        self.key.store(key, Relaxed);
+        self.val.store(val, Relaxed);
+        self.tag.store(u64::from(tag), Relaxed);
+    }
+
+    /// The entry decoded, if valid (under the lock).
+    fn entry(&self) -> Option<TlbEntry> {
+        let key = self.key.load(Relaxed);
+        if key & KEY_VALID == 0 {
+            return None;
+        }
+        let shift = ((key >> KEY_SHIFT) & 63) as u32;
+        Some(TlbEntry {
+            vpn: (key & !LOW) >> shift,
+            asid: self.tag.load(Relaxed) as u16,
+            shift,
+            global: self.val.load(Relaxed) & VAL_GLOBAL != 0,
+        })
+    }
+}
+
+/// Slots per block: a set is scanned a block at a time, each block's
+/// comparisons unrolled.
+const BLOCK: usize = 4;
+
+/// A block of slots of one set.
+type Block = [Slot; BLOCK];
+
+/// What a lock-free lookup found.
+#[derive(Clone, Copy, Debug)]
+enum Probe<'a> {
+    /// Entry `slot` translates the address: its value word and page shift.
+    Hit {
+        slot: &'a Slot,
+        val: u64,
+        shift: u32,
+    },
+    /// No entry translates the address.
+    Miss,
+    /// A writer changed the TLB during the lookup (or was at work when it
+    /// began): look again under the lock.
+    Retry,
+}
+
+/// Why a translation takes the slow path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slow {
+    /// The lookup missed (counted there).
+    Miss,
+    /// The lookup met a writer: look again under the lock.
+    Lookup,
+    /// A write hit a clean entry (hit counted): walk to set the dirty bit.
+    DirtyAssist,
+}
+
+/// One CPU's TLB: entries and the counters hits touch, then the lock and
+/// what it guards. On its own cache lines.
+#[repr(align(64))]
+#[derive(Debug)]
+struct CpuTlb {
+    /// The seqlock's version: odd while a writer (under the lock) changes
+    /// entries, bumped twice per change.
+    seq: AtomicU64,
+    /// Bit `s` set: some valid entry may have page shift `s` (stored under
+    /// the lock, read by lookups; a stale bit only costs a look).
+    shifts: AtomicU64,
+    /// The LRU clock: one tick per hit and per fill, so that the hits are
+    /// the clock less [`Tlb::fills`].
+    clock: AtomicU64,
+    /// The slots, set by set, each set in [`Mmu::blocks_per_set`] blocks
+    /// (its last block padded with slots that stay invalid).
+    blocks: Box<[Block]>,
+    /// Taken by everything but a lookup that hits.
+    locked: Mutex<Tlb>,
+}
+
+impl CpuTlb {
+    /// Opens a change of entries (the caller holds the lock): the seqlock's
+    /// write side. Returns the version to hand to [`Self::write_end`].
+    #[inline]
+    fn write_begin(&self) -> u64 {
+        let seq = self.seq.load(Relaxed) & !SEQ_BUSY;
+        self.seq.store(seq | SEQ_BUSY, Relaxed);
+        // Orders the odd version before the entries' new words: a lookup
+        // that sees any of them also sees the version change when it looks
+        // at the version again.
+        fence(Release);
+        seq
+    }
+
+    /// Closes the change opened by [`Self::write_begin`].
+    #[inline]
+    fn write_end(&self, seq: u64) {
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+}
+
+/// What one CPU's lock guards.
+#[derive(Debug)]
+struct Tlb {
+    /// The loaded address space (`cpu_tlbstate.loaded_mm_asid`).
+    asid: u16,
+    /// Counters; `hits` is worked out from [`CpuTlb::clock`].
+    stats: TlbStats,
+    /// Entries filled (ticks of the clock that are not hits).
+    fills: u64,
+}
+
+/// One CPU's TLB, locked: what changes entries.
+struct Locked<'a> {
+    t: &'a CpuTlb,
+    g: MutexGuard<'a, Tlb>,
+}
+
+impl Locked<'_> {
     fn invalidate_where(&mut self, mut f: impl FnMut(&TlbEntry) -> bool) {
         let mut shifts = 0;
-        for e in &mut self.entries {
-            if e.valid && f(e) {
-                e.valid = false;
-            }
-            if e.valid {
+        let mut open = None;
+        for s in self.t.blocks.iter().flatten() {
+            let Some(e) = s.entry() else { continue };
+            if f(&e) {
+                if open.is_none() {
+                    open = Some(self.t.write_begin());
+                }
+                s.set(0, 0, 0);
+            } else {
                 shifts |= 1u64 << e.shift;
             }
         }
-        self.shifts = shifts;
+        if let Some(seq) = open {
+            self.t.write_end(seq);
+        }
+        self.t.shifts.store(shifts, Relaxed);
     }
 
     /// Everything but global entries (a `CR3` write).
     fn flush_non_global(&mut self) {
         self.invalidate_where(|e| !e.global);
-        self.stats.flushes += 1;
+        self.g.stats.flushes += 1;
     }
 
     /// Everything (`__flush_tlb_all`, toggling `CR4.PGE`).
     fn flush_everything(&mut self) {
         self.invalidate_where(|_| true);
-        self.stats.flushes += 1;
+        self.g.stats.flushes += 1;
+    }
+
+    /// Counters, `hits` included.
+    fn stats(&self) -> TlbStats {
+        TlbStats {
+            hits: self.t.clock.load(Relaxed).saturating_sub(self.g.fills),
+            ..self.g.stats
+        }
     }
 }
 
-/// One CPU's TLB on its own cache line.
-#[repr(align(64))]
-#[derive(Debug)]
-struct CpuTlb(Mutex<Tlb>);
+/// `*a += 1` by the one thread that updates `a` (see the module's
+/// "Concurrency"): a load and a store, not a read-modify-write.
+#[inline(always)]
+fn bump(a: &AtomicU64) -> u64 {
+    let v = a.load(Relaxed).wrapping_add(1);
+    a.store(v, Relaxed);
+    v
+}
 
 /// The software MMU of a machine: one TLB per CPU (Linux's per-CPU
 /// `cpu_tlbstate`) in front of the page-table walker.
@@ -309,6 +514,8 @@ pub struct Mmu<'k, P: Platform> {
     k: &'k Kmm<P>,
     cfg: TlbConfig,
     set_mask: u64,
+    /// Blocks of [`BLOCK`] slots per set.
+    blocks_per_set: usize,
     tlbs: Vec<CpuTlb>,
 }
 
@@ -345,24 +552,30 @@ impl<'k, P: Platform> Mmu<'k, P> {
             });
         }
         let sets = cfg.entries / cfg.ways;
+        let blocks_per_set = cfg.ways.div_ceil(BLOCK);
         let tlbs = (0..k.nr_cpu_ids())
-            .map(|cpu| {
-                CpuTlb(Mutex::new(Tlb {
-                    entries: vec![TlbEntry::default(); cfg.entries],
-                    shifts: 0,
-                    clock: 0,
+            .map(|cpu| CpuTlb {
+                seq: AtomicU64::new(0),
+                shifts: AtomicU64::new(0),
+                clock: AtomicU64::new(0),
+                blocks: (0..sets * blocks_per_set)
+                    .map(|_| Block::default())
+                    .collect(),
+                locked: Mutex::new(Tlb {
                     asid: 0,
                     stats: TlbStats {
                         cpu,
                         ..TlbStats::default()
                     },
-                }))
+                    fills: 0,
+                }),
             })
             .collect();
         Ok(Mmu {
             k,
             cfg,
             set_mask: sets as u64 - 1,
+            blocks_per_set,
             tlbs,
         })
     }
@@ -377,11 +590,12 @@ impl<'k, P: Platform> Mmu<'k, P> {
         self.tlbs.len()
     }
 
-    fn tlb(&self, cpu: usize) -> MutexGuard<'_, Tlb> {
-        self.tlbs[cpu]
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn tlb(&self, cpu: usize) -> Locked<'_> {
+        let t = &self.tlbs[cpu];
+        Locked {
+            t,
+            g: t.locked.lock().unwrap_or_else(PoisonError::into_inner),
+        }
     }
 
     #[inline]
@@ -393,60 +607,141 @@ impl<'k, P: Platform> Mmu<'k, P> {
         }
     }
 
-    /// Looks `virt` up in `tlb`; the index of the matching entry.
-    #[inline]
-    fn lookup(&self, tlb: &Tlb, tag: u16, virt: u64) -> Option<usize> {
-        let ways = self.cfg.ways;
-        let mut shifts = tlb.shifts;
+    /// Looks `virt` up in `t` without the lock: the seqlock's read side.
+    #[inline(always)]
+    fn probe<'t>(&self, t: &'t CpuTlb, tag: u16, virt: u64) -> Probe<'t> {
+        let seq = t.seq.load(Acquire);
+        if seq & SEQ_BUSY != 0 {
+            return Probe::Retry;
+        }
+        let bps = self.blocks_per_set;
+        let mut shifts = t.shifts.load(Relaxed);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
             shifts &= shifts - 1;
             let vpn = virt >> shift;
-            let first = (vpn & self.set_mask) as usize * ways;
-            for i in first..first + ways {
-                let e = &tlb.entries[i];
-                if e.valid
-                    && e.vpn == vpn
-                    && u32::from(e.shift) == shift
-                    && (e.global || e.asid == tag)
-                {
-                    return Some(i);
+            let want = key_of(vpn, shift);
+            let set = (vpn & self.set_mask) as usize;
+            if bps == 1 {
+                // Up to BLOCK ways (the usual shapes): one block.
+                let Some(block) = t.blocks.get(set) else {
+                    return Probe::Miss;
+                };
+                if let Some(p) = Self::scan(t, seq, block, want, tag, shift) {
+                    return p;
+                }
+            } else {
+                let Some(blocks) = t.blocks.get(set * bps..(set + 1) * bps) else {
+                    return Probe::Miss;
+                };
+                for block in blocks {
+                    if let Some(p) = Self::scan(t, seq, block, want, tag, shift) {
+                        return p;
+                    }
                 }
             }
+        }
+        // A miss needs no second look at the version: it walks, under the
+        // lock.
+        Probe::Miss
+    }
+
+    /// Looks for key `want` of address space `tag` in one block of a set of
+    /// `t`, whose version was `seq` when the lookup began.
+    #[inline(always)]
+    fn scan<'t>(
+        t: &CpuTlb,
+        seq: u64,
+        block: &'t Block,
+        want: u64,
+        tag: u16,
+        shift: u32,
+    ) -> Option<Probe<'t>> {
+        for s in block {
+            if s.key.load(Relaxed) != want {
+                continue;
+            }
+            let val = s.val.load(Relaxed);
+            if val & VAL_GLOBAL == 0 && s.tag.load(Relaxed) != u64::from(tag) {
+                continue;
+            }
+            // Orders the loads of the entry before the second look at the
+            // version: unchanged, no writer touched the TLB meanwhile.
+            fence(Acquire);
+            if t.seq.load(Relaxed) != seq {
+                return Some(Probe::Retry);
+            }
+            return Some(Probe::Hit {
+                slot: s,
+                val,
+                shift,
+            });
         }
         None
     }
 
     /// Puts a translation in `tlb`, replacing an entry for the same page or
     /// the set's least recently used one.
-    fn fill(&self, tlb: &mut Tlb, tag: u16, vpn: u64, shift: u8, base: u64, flags: PteFlags) {
+    fn fill(
+        &self,
+        tlb: &mut Locked<'_>,
+        tag: u16,
+        vpn: u64,
+        shift: u32,
+        base: u64,
+        flags: PteFlags,
+    ) {
+        if !(MIN_SHIFT..64).contains(&shift) || base & LOW != 0 {
+            // No format has pages this small; such a translation is simply
+            // not cached (every access walks).
+            return;
+        }
+        let t = tlb.t;
         let ways = self.cfg.ways;
-        let first = (vpn & self.set_mask) as usize * ways;
+        let bps = self.blocks_per_set;
+        let first = (vpn & self.set_mask) as usize * bps;
         let global = flags.pte_global();
-        let set = &tlb.entries[first..first + ways];
-        let same = set.iter().position(|e| {
-            e.valid && e.vpn == vpn && e.shift == shift && (e.global || global || e.asid == tag)
-        });
-        let victim = same
-            .or_else(|| set.iter().position(|e| !e.valid))
-            .unwrap_or_else(|| {
-                set.iter()
-                    .enumerate()
-                    .min_by_key(|(_, e)| e.stamp)
-                    .map_or(0, |(i, _)| i)
-            });
-        tlb.clock += 1;
-        tlb.entries[first + victim] = TlbEntry {
-            vpn,
-            base,
-            flags,
-            stamp: tlb.clock,
-            asid: tag,
-            shift,
-            valid: true,
-            global,
-        };
-        tlb.shifts |= 1u64 << shift;
+        let key = key_of(vpn, shift);
+        let set = &t.blocks[first..first + bps];
+        // One pass over the set's `ways` slots: the first entry for the same
+        // page, else the first free one, else the least recently used (the
+        // first of equals).
+        let (mut same, mut free, mut lru) = (None, None, (u64::MAX, &set[0][0]));
+        let mut left = ways;
+        'scan: for block in set {
+            for s in block {
+                if left == 0 {
+                    break 'scan;
+                }
+                left -= 1;
+                let k = s.key.load(Relaxed);
+                if k & KEY_VALID == 0 {
+                    free = free.or(Some(s));
+                    continue;
+                }
+                if k == key
+                    && (global
+                        || s.val.load(Relaxed) & VAL_GLOBAL != 0
+                        || s.tag.load(Relaxed) == u64::from(tag))
+                {
+                    same = Some(s);
+                    break 'scan;
+                }
+                let stamp = s.stamp.load(Relaxed);
+                if stamp < lru.0 {
+                    lru = (stamp, s);
+                }
+            }
+        }
+        let slot = same.or(free).unwrap_or(lru.1);
+        let clock = bump(&t.clock);
+        tlb.g.fills += 1;
+        t.shifts
+            .store(t.shifts.load(Relaxed) | (1u64 << shift), Relaxed);
+        let seq = t.write_begin();
+        slot.set(key, val_of(vpn << shift, base, flags), tag);
+        t.write_end(seq);
+        slot.stamp.store(clock, Relaxed);
     }
 
     fn check(flags: PteFlags, virt: u64, access: Access, user: bool) -> Result<(), Fault> {
@@ -460,8 +755,32 @@ impl<'k, P: Platform> Mmu<'k, P> {
         }
     }
 
+    /// A hit on `slot` of `t`: counts it (a tick of the clock, the slot's
+    /// new stamp), and answers unless it is a write through a clean entry
+    /// (`None`: walk to set the dirty bit).
+    #[inline(always)]
+    fn use_hit(
+        t: &CpuTlb,
+        slot: &Slot,
+        val: u64,
+        shift: u32,
+        virt: u64,
+        access: Access,
+        user: bool,
+    ) -> Option<Result<(u64, u64), Fault>> {
+        slot.stamp.store(bump(&t.clock), Relaxed);
+        let flags = val_flags(val);
+        if let Err(f) = Self::check(flags, virt, access, user) {
+            return Some(Err(f));
+        }
+        if access != Access::Write || flags.pte_dirty() {
+            return Some(Ok((val_phys(val, virt), 1u64 << shift)));
+        }
+        None
+    }
+
     /// The translation with its page size: `(phys, size)`.
-    #[inline]
+    #[inline(always)]
     fn translate_sized(
         &self,
         cpu: usize,
@@ -472,49 +791,75 @@ impl<'k, P: Platform> Mmu<'k, P> {
         user: bool,
     ) -> Result<(u64, u64), Fault> {
         let tag = self.tag(asid);
-        let mut tlb = self.tlb(cpu);
-        if let Some(i) = self.lookup(&tlb, tag, virt) {
-            let e = tlb.entries[i];
-            tlb.stats.hits += 1;
-            tlb.clock += 1;
-            let clock = tlb.clock;
-            tlb.entries[i].stamp = clock;
-            Self::check(e.flags, virt, access, user)?;
-            if access != Access::Write || e.flags.pte_dirty() {
-                let size = 1u64 << e.shift;
-                return Ok((e.base + (virt & (size - 1)), size));
+        let t = &self.tlbs[cpu];
+        let how = match self.probe(t, tag, virt) {
+            Probe::Hit { slot, val, shift } => {
+                match Self::use_hit(t, slot, val, shift, virt, access, user) {
+                    Some(answer) => return answer,
+                    None => Slow::DirtyAssist,
+                }
             }
-            // A write through a clean entry: the hardware walks again to set
-            // the dirty bit; the walk below refills the entry.
-        } else {
-            tlb.stats.misses += 1;
+            Probe::Miss => Slow::Miss,
+            Probe::Retry => Slow::Lookup,
+        };
+        self.translate_slow(cpu, pt, tag, virt, access, user, how)
+    }
+
+    /// The part of a translation under the CPU's lock: a second look if
+    /// the lock-free one met a writer, then the page walk and the fill.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)] // translate()'s five, the tag and why
+    fn translate_slow(
+        &self,
+        cpu: usize,
+        pt: &PageTable,
+        tag: u16,
+        virt: u64,
+        access: Access,
+        user: bool,
+        how: Slow,
+    ) -> Result<(u64, u64), Fault> {
+        let mut tlb = self.tlb(cpu);
+        let t = tlb.t;
+        match how {
+            Slow::DirtyAssist => {}
+            Slow::Miss => tlb.g.stats.misses += 1,
+            // Under the lock no writer is at work: the look is exact.
+            Slow::Lookup => match self.probe(t, tag, virt) {
+                Probe::Hit { slot, val, shift } => {
+                    if let Some(answer) = Self::use_hit(t, slot, val, shift, virt, access, user) {
+                        return answer;
+                    }
+                }
+                Probe::Miss | Probe::Retry => tlb.g.stats.misses += 1,
+            },
         }
-        tlb.stats.walks += 1;
-        if !pt.is_canonical(virt) {
-            return Err(Fault::new(
-                virt,
-                FaultKind::NonCanonical,
-                false,
-                access,
-                user,
-            ));
-        }
-        let not_present = Fault::new(virt, FaultKind::Page, false, access, user);
+        tlb.g.stats.walks += 1;
+        // A walk fails for an address nothing maps and for a non-canonical
+        // one (`#GP`, not `#PF`): which one is asked only then.
+        let absent = || {
+            let kind = if pt.is_canonical(virt) {
+                FaultKind::Page
+            } else {
+                FaultKind::NonCanonical
+            };
+            Fault::new(virt, kind, false, access, user)
+        };
         if user || access == Access::Exec {
             // A user or execute check may fail after the marking walk has set
             // bits: look first. (A write to a read-only page is refused by
             // `walk_and_mark` itself before it marks anything.)
-            let t = pt.walk(self.k, virt).ok_or(not_present)?;
+            let t = pt.walk(self.k, virt).ok_or_else(absent)?;
             Self::check(t.flags, virt, access, user)?;
         }
         let Some(t) = pt.walk_and_mark(self.k, virt, access == Access::Write) else {
             // Not mapped, or a write to a read-only page: which one?
-            let t = pt.walk(self.k, virt).ok_or(not_present)?;
+            let t = pt.walk(self.k, virt).ok_or_else(absent)?;
             Self::check(t.flags, virt, access, user)?;
-            return Err(not_present);
+            return Err(Fault::new(virt, FaultKind::Page, false, access, user));
         };
         Self::check(t.flags, virt, access, user)?;
-        let shift = t.size.trailing_zeros() as u8;
+        let shift = t.size.trailing_zeros();
         let base = t.phys - (virt & (t.size - 1));
         self.fill(&mut tlb, tag, virt >> shift, shift, base, t.flags);
         Ok((t.phys, t.size))
@@ -598,10 +943,72 @@ impl<'k, P: Platform> Mmu<'k, P> {
         Ok(())
     }
 
+    /// True when the 8 bytes at `virt` lie in one page (4 KiB is the
+    /// smallest page size: one translation answers for all of them).
+    #[inline(always)]
+    fn in_one_page(virt: u64) -> bool {
+        virt & 0xfff <= 0x1000 - 8
+    }
+
     /// A kernel-mode 8-byte little-endian load at `virt` (`readq`, any
     /// alignment; an access crossing a page translates both pages).
-    #[inline]
+    ///
+    /// The common case, 8 bytes inside one page that the TLB translates,
+    /// is a lookup and a load, inlined into the caller.
+    #[inline(always)]
     pub fn read_u64(&self, cpu: usize, pt: &PageTable, asid: u16, virt: u64) -> Result<u64, Fault> {
+        if !Self::in_one_page(virt) {
+            return self.read_u64_split(cpu, pt, asid, virt);
+        }
+        let tag = self.tag(asid);
+        let t = &self.tlbs[cpu];
+        let how = match self.probe(t, tag, virt) {
+            Probe::Hit { slot, val, .. } => {
+                // A kernel-mode load passes every permission check and
+                // needs no dirty bit: the entry answers (`use_hit`, inlined
+                // for a read).
+                debug_assert!(Self::check(val_flags(val), virt, Access::Read, false).is_ok());
+                slot.stamp.store(bump(&t.clock), Relaxed);
+                return self.load_u64(virt, val_phys(val, virt));
+            }
+            Probe::Miss => Slow::Miss,
+            Probe::Retry => Slow::Lookup,
+        };
+        self.read_u64_slow(cpu, pt, tag, virt, how)
+    }
+
+    /// The 8 bytes at `phys`, which `virt` translates to.
+    #[inline(always)]
+    fn load_u64(&self, virt: u64, phys: u64) -> Result<u64, Fault> {
+        self.k
+            .phys()
+            .load_u64(phys)
+            .map_err(|_| Fault::new(virt, FaultKind::BadPhys, true, Access::Read, false))
+    }
+
+    /// [`Self::read_u64`] inside one page when the TLB could not answer.
+    #[inline(never)]
+    fn read_u64_slow(
+        &self,
+        cpu: usize,
+        pt: &PageTable,
+        tag: u16,
+        virt: u64,
+        how: Slow,
+    ) -> Result<u64, Fault> {
+        let (phys, _) = self.translate_slow(cpu, pt, tag, virt, Access::Read, false, how)?;
+        self.load_u64(virt, phys)
+    }
+
+    /// [`Self::read_u64`] of 8 bytes that straddle two pages.
+    #[inline(never)]
+    fn read_u64_split(
+        &self,
+        cpu: usize,
+        pt: &PageTable,
+        asid: u16,
+        virt: u64,
+    ) -> Result<u64, Fault> {
         let mut b = [0u8; 8];
         self.read(cpu, pt, asid, virt, &mut b)?;
         Ok(u64::from_le_bytes(b))
@@ -610,6 +1017,7 @@ impl<'k, P: Platform> Mmu<'k, P> {
     /// A kernel-mode 8-byte little-endian store at `virt` (`writeq`). An
     /// access crossing a page translates both pages before writing, so a
     /// fault on either leaves memory unchanged, as a faulting instruction does.
+    #[inline]
     pub fn write_u64(
         &self,
         cpu: usize,
@@ -618,12 +1026,31 @@ impl<'k, P: Platform> Mmu<'k, P> {
         virt: u64,
         v: u64,
     ) -> Result<(), Fault> {
-        let last = virt.wrapping_add(7);
-        if (virt ^ last) >> 12 != 0 {
-            // Both pages first (4 KiB is the smallest page size).
-            self.translate_sized(cpu, pt, asid, virt, Access::Write, false)?;
-            self.translate_sized(cpu, pt, asid, last & !0xfff, Access::Write, false)?;
+        if Self::in_one_page(virt) {
+            let (phys, _) = self.translate_sized(cpu, pt, asid, virt, Access::Write, false)?;
+            return self
+                .k
+                .phys()
+                .store_u64(phys, v)
+                .map_err(|_| Fault::new(virt, FaultKind::BadPhys, true, Access::Write, false));
         }
+        self.write_u64_split(cpu, pt, asid, virt, v)
+    }
+
+    /// [`Self::write_u64`] of 8 bytes that straddle two pages: both pages
+    /// are translated before anything is written.
+    #[inline(never)]
+    fn write_u64_split(
+        &self,
+        cpu: usize,
+        pt: &PageTable,
+        asid: u16,
+        virt: u64,
+        v: u64,
+    ) -> Result<(), Fault> {
+        let last = virt.wrapping_add(7);
+        self.translate_sized(cpu, pt, asid, virt, Access::Write, false)?;
+        self.translate_sized(cpu, pt, asid, last & !0xfff, Access::Write, false)?;
         self.write(cpu, pt, asid, virt, &v.to_le_bytes())
     }
 
@@ -633,7 +1060,7 @@ impl<'k, P: Platform> Mmu<'k, P> {
     pub fn invlpg(&self, cpu: usize, virt: u64) {
         let mut tlb = self.tlb(cpu);
         tlb.invalidate_where(|e| e.start() <= virt && virt <= e.last());
-        tlb.stats.invlpg += 1;
+        tlb.g.stats.invlpg += 1;
     }
 
     /// Linux's `flush_tlb_local()` (a `CR3` reload) on `cpu`: drops every
@@ -653,18 +1080,18 @@ impl<'k, P: Platform> Mmu<'k, P> {
     /// Runs `f` on every CPU's TLB: the calling CPU's locally, every other
     /// CPU's as a shootdown IPI (`native_flush_tlb_multi` to `mm_cpumask`,
     /// here every CPU), waiting for all (`wait=1`).
-    fn shootdown(&self, f: impl Fn(&mut Tlb)) {
+    fn shootdown(&self, f: impl Fn(&mut Locked<'_>)) {
         let me = self.this_cpu();
         let mut sent = 0;
         for cpu in 0..self.tlbs.len() {
             let mut tlb = self.tlb(cpu);
             f(&mut tlb);
             if cpu != me {
-                tlb.stats.shootdowns_received += 1;
+                tlb.g.stats.shootdowns_received += 1;
                 sent += 1;
             }
         }
-        self.tlb(me).stats.shootdowns_sent += sent;
+        self.tlb(me).g.stats.shootdowns_sent += sent;
     }
 
     /// Linux's `flush_tlb_all()`: every entry, global ones included, on every
@@ -696,7 +1123,7 @@ impl<'k, P: Platform> Mmu<'k, P> {
                         && start <= e.last()
                         && (e.global || tag.is_none_or(|a| a == e.asid))
                 });
-                t.stats.invlpg += pages;
+                t.g.stats.invlpg += pages;
             }
         });
     }
@@ -723,28 +1150,34 @@ impl<'k, P: Platform> Mmu<'k, P> {
     /// write). Global entries survive either way.
     pub fn switch_mm(&self, cpu: usize, asid: u16) {
         let mut tlb = self.tlb(cpu);
-        if tlb.asid != asid {
-            tlb.stats.switches += 1;
+        if tlb.g.asid != asid {
+            tlb.g.stats.switches += 1;
             if !self.cfg.pcid {
                 tlb.flush_non_global();
             }
-            tlb.asid = asid;
+            tlb.g.asid = asid;
         }
     }
 
     /// The address space `cpu` runs (`cpu_tlbstate.loaded_mm_asid`).
     pub fn current_asid(&self, cpu: usize) -> u16 {
-        self.tlb(cpu).asid
+        self.tlb(cpu).g.asid
     }
 
     /// Valid entries in `cpu`'s TLB.
     pub fn tlb_entries(&self, cpu: usize) -> usize {
-        self.tlb(cpu).entries.iter().filter(|e| e.valid).count()
+        let tlb = self.tlb(cpu);
+        tlb.t
+            .blocks
+            .iter()
+            .flatten()
+            .filter(|s| s.entry().is_some())
+            .count()
     }
 
     /// `cpu`'s counters.
     pub fn tlb_stats(&self, cpu: usize) -> TlbStats {
-        self.tlb(cpu).stats
+        self.tlb(cpu).stats()
     }
 
     /// Every CPU's counters, in CPU order.

@@ -1,7 +1,7 @@
 //! The software MMU: TLB coherence across CPUs against a reference model,
 //! proof that the TLB caches (stale translations without a flush),
-//! accessed/dirty bits, permission faults, global entries, statistics and
-//! large pages.
+//! accessed/dirty bits, permission faults, global entries, statistics,
+//! large pages, and shootdowns racing with lock-free TLB hits.
 
 mod common;
 
@@ -15,6 +15,8 @@ use kmm_sim::mmu::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -681,4 +683,127 @@ fn concurrent_translations_on_cpu_threads() {
         .unwrap();
     assert_eq!(sums, vec![200; 4]);
     assert!(mmu.tlb_stats_all().iter().all(|s| s.misses == 16));
+}
+
+#[test]
+fn shootdown_racing_with_hits_leaves_no_stale_translation() {
+    // CPU 1 loads from `v` in a loop (TLB hits, lock-free) while CPU 0
+    // remaps `v` to the next of four pages and shoots the old translation
+    // down, then publishes the generation. A load that began after
+    // generation `g` was published may see the page of `g` or of a later
+    // generation, never an earlier one.
+    const PAGES: usize = 4;
+    const ROUNDS: usize = 3000;
+    let m = boot("x86_64", 128 * M, 2, 1);
+    let k = m.kmm();
+    let mmu = Mmu::for_machine(&m);
+    let pages: Vec<u64> = (0..PAGES).map(|_| page(k)).collect();
+    for &p in &pages {
+        tag_page(k, p, K4);
+    }
+    let v = 0x5000_0000;
+    let mut pt = k.pgd_alloc(&X86_64_4LEVEL).unwrap();
+    pt.map(k, v, pages[0], K4, PteFlags::WRITABLE).unwrap();
+    let pt = RwLock::new(pt);
+    let generation = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let (loads, checked, stale) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            m.cpus()
+                .run_on_cpu(1, || {
+                    let (mut loads, mut checked, mut stale) = (0u64, 0u64, Vec::new());
+                    while !done.load(Ordering::Acquire) {
+                        let g0 = generation.load(Ordering::Acquire);
+                        let got = {
+                            let pt = pt.read().unwrap();
+                            mmu.read_u64(1, &pt, ASID, v)
+                        };
+                        let g1 = generation.load(Ordering::Acquire);
+                        loads += 1;
+                        // A remap to generation g1 + 1 may be under way.
+                        let live = g0..=g1 + 1;
+                        if live.clone().count() < PAGES {
+                            checked += 1;
+                            let fresh = live.map(|n| tag(pages[n as usize % PAGES]));
+                            if !fresh.into_iter().any(|t| got == Ok(t)) {
+                                stale.push((g0, g1, got));
+                            }
+                        }
+                    }
+                    (loads, checked, stale)
+                })
+                .unwrap()
+        });
+        for n in 1..=ROUNDS {
+            {
+                let mut pt = pt.write().unwrap();
+                pt.unmap(k, v).unwrap();
+                pt.map(k, v, pages[n % PAGES], K4, PteFlags::WRITABLE)
+                    .unwrap();
+            }
+            mmu.flush_tlb_range(ASID, v, v + K4);
+            generation.store(n as u64, Ordering::Release);
+            // Give CPU 1 time to miss once and hit the new entry.
+            for _ in 0..500 {
+                std::hint::spin_loop();
+            }
+        }
+        done.store(true, Ordering::Release);
+        reader.join().unwrap()
+    });
+    assert!(stale.is_empty(), "stale loads (g0, g1, value): {stale:x?}");
+    assert!(checked > 0 && loads > 0);
+    let s = mmu.tlb_stats(1);
+    assert!(s.hits > 0, "the loads never hit the TLB: {s:?}");
+    assert_eq!(s.shootdowns_received, ROUNDS as u64);
+    let mut pt = pt.into_inner().unwrap();
+    pt.unmap(k, v).unwrap();
+    k.pgd_free(pt).unwrap();
+}
+
+#[test]
+fn invalidations_racing_with_hits_never_tear_an_entry() {
+    // A stress test of the lock-free lookup against writers: CPU 1 loads
+    // from `v` in a loop while CPU 0 invalidates CPU 1's entry for `v` over
+    // and over (and CPU 1 refills it). Every load must return the page's
+    // own words, never a mix of an old key and a cleared value. (Such a mix
+    // needs both stores of an invalidation to land between two loads of a
+    // lookup, so a broken seqlock is caught only by chance.)
+    const INVALIDATIONS: usize = 100_000;
+    let m = boot("x86_64", 128 * M, 2, 1);
+    let k = m.kmm();
+    let mmu = Mmu::for_machine(&m);
+    let p = page(k);
+    tag_page(k, p, K4);
+    let v = 0x6000_0000;
+    let mut pt = k.pgd_alloc(&X86_64_4LEVEL).unwrap();
+    pt.map(k, v, p, K4, PteFlags::WRITABLE).unwrap();
+    let done = AtomicBool::new(false);
+    let (loads, bad) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            m.cpus()
+                .run_on_cpu(1, || {
+                    let (mut loads, mut bad) = (0u64, Vec::new());
+                    while !done.load(Ordering::Acquire) {
+                        let got = mmu.read_u64(1, &pt, ASID, v + 8 * (loads % 4));
+                        let want = if loads % 4 == 0 { tag(p) } else { 0 };
+                        if got != Ok(want) && bad.len() < 10 {
+                            bad.push((loads, got));
+                        }
+                        loads += 1;
+                    }
+                    (loads, bad)
+                })
+                .unwrap()
+        });
+        for _ in 0..INVALIDATIONS {
+            mmu.invlpg(1, v);
+        }
+        done.store(true, Ordering::Release);
+        reader.join().unwrap()
+    });
+    assert!(bad.is_empty(), "bad loads out of {loads}: {bad:x?}");
+    assert!(mmu.tlb_stats(1).hits > 0);
+    pt.unmap(k, v).unwrap();
+    k.pgd_free(pt).unwrap();
 }

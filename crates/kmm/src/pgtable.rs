@@ -27,10 +27,12 @@
 //! - The tables of one [`PageTable`] are changed only through `&mut` methods
 //!   (Linux: under `mm->page_table_lock`); walks take `&self`.
 
+use crate::arch::pgtable_x86_64::{X86_64Paging, X86_64_4LEVEL, X86_64_5LEVEL};
 use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::platform::Platform;
+use crate::ram::PhysMem;
 use core::sync::atomic::Ordering::Relaxed;
 
 /// Deepest paging hierarchy any format has (five-level x86_64).
@@ -218,6 +220,232 @@ struct Path {
     idx: [usize; MAX_LEVELS],
 }
 
+/// What a walk saw on its way down: the path, and the entry it read at
+/// each level (filled from the top level down to where the walk stopped).
+struct Trail {
+    path: Path,
+    raw: [u64; MAX_LEVELS],
+}
+
+impl Trail {
+    #[inline(always)]
+    fn new() -> Trail {
+        Trail {
+            path: Path {
+                table: [0; MAX_LEVELS],
+                idx: [0; MAX_LEVELS],
+            },
+            raw: [0; MAX_LEVELS],
+        }
+    }
+}
+
+/// Runs `$body` with `$f` bound to the page table's format `$fmt`: as its
+/// concrete type when it is one of the x86_64 formats, so that the compiler
+/// inlines `decode`, `shift`, `entries` and `mark` into the walk (one
+/// generic walker, instantiated for them), else as the trait object.
+///
+/// A format is recognised by its address and size: a non-empty object at the
+/// address of one of these statics can only be that static.
+macro_rules! with_format {
+    ($fmt:expr, $f:ident => $body:expr) => {{
+        let fmt: &'static dyn PagingFormat = $fmt;
+        let sized = core::mem::size_of_val(fmt) == core::mem::size_of::<X86_64Paging>();
+        if sized && core::ptr::addr_eq(fmt, &X86_64_4LEVEL) {
+            let $f: &X86_64Paging = &X86_64_4LEVEL;
+            $body
+        } else if sized && core::ptr::addr_eq(fmt, &X86_64_5LEVEL) {
+            let $f: &X86_64Paging = &X86_64_5LEVEL;
+            $body
+        } else {
+            let $f = fmt;
+            $body
+        }
+    }};
+}
+
+/// `PageTable::is_canonical` for a format given as a type.
+#[inline(always)]
+fn canonical_in<F: PagingFormat + ?Sized>(fmt: &F, virt: u64) -> bool {
+    let bits = fmt.va_bits();
+    if bits >= 64 {
+        return true;
+    }
+    if fmt.sign_extended() {
+        let shift = 64 - bits;
+        (((virt << shift) as i64) >> shift) as u64 == virt
+    } else {
+        virt >> bits == 0
+    }
+}
+
+/// The entry at `idx` of the table at `table`, entries being `es` bytes:
+/// one bounds check, the load inlined.
+#[inline(always)]
+fn read_entry(phys: &PhysMem, es: u64, table: u64, idx: usize) -> Result<u64, KmmError> {
+    let at = table + idx as u64 * es;
+    if es == 4 {
+        let mut b = [0u8; 4];
+        phys.read(at, &mut b)?;
+        Ok(u32::from_le_bytes(b) as u64)
+    } else {
+        phys.load_u64(at)
+    }
+}
+
+/// Stores `raw` as the entry at `idx` of the table at `table`.
+#[inline(always)]
+fn write_entry(phys: &PhysMem, es: u64, table: u64, idx: usize, raw: u64) -> Result<(), KmmError> {
+    let at = table + idx as u64 * es;
+    if es == 4 {
+        phys.write(at, &(raw as u32).to_le_bytes())
+    } else {
+        phys.store_u64(at, raw)
+    }
+}
+
+/// The walk from the table at `root` down to the leaf covering `virt` (a
+/// canonical address): calls `seen(level, table, idx, raw, leaf)` for every
+/// entry it reads, top level first, and returns the leaf's level and raw
+/// entry, or `None` when a level holds no entry.
+#[inline(always)]
+fn descend<F: PagingFormat + ?Sized, P: Platform>(
+    fmt: &F,
+    root: u64,
+    k: &Kmm<P>,
+    virt: u64,
+    mut seen: impl FnMut(usize, u64, usize, u64, bool),
+) -> Result<Option<(usize, u64)>, KmmError> {
+    let phys = k.phys();
+    let es = fmt.entry_size();
+    let mut table = root;
+    for level in (0..fmt.levels()).rev() {
+        let idx = ((virt >> fmt.shift(level)) as usize) & (fmt.entries(level) - 1);
+        let raw = read_entry(phys, es, table, idx)?;
+        match fmt.decode(raw, level) {
+            Entry::None => return Ok(None),
+            Entry::Table(next) if level > 0 => {
+                seen(level, table, idx, raw, false);
+                table = next;
+            }
+            Entry::Table(_) => return Ok(None),
+            Entry::Leaf { .. } => {
+                seen(level, table, idx, raw, true);
+                return Ok(Some((level, raw)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// [`descend`], recording the path and the entries in `trail`.
+#[inline(always)]
+fn descend_trail<F: PagingFormat + ?Sized, P: Platform>(
+    fmt: &F,
+    root: u64,
+    k: &Kmm<P>,
+    virt: u64,
+    trail: &mut Trail,
+) -> Result<Option<(usize, u64)>, KmmError> {
+    descend(fmt, root, k, virt, |level, table, idx, raw, _| {
+        trail.path.table[level] = table;
+        trail.path.idx[level] = idx;
+        trail.raw[level] = raw;
+    })
+}
+
+/// `PageTable::translation` for a format given as a type.
+#[inline(always)]
+fn translation_in<F: PagingFormat + ?Sized>(
+    fmt: &F,
+    virt: u64,
+    level: usize,
+    raw: u64,
+) -> Option<Translation> {
+    let Entry::Leaf { phys, flags } = fmt.decode(raw, level) else {
+        return None;
+    };
+    let size = 1u64 << fmt.shift(level);
+    Some(Translation {
+        phys: phys + (virt & (size - 1)),
+        size,
+        flags,
+        level,
+    })
+}
+
+/// `PageTable::walk` for a format given as a type.
+#[inline(always)]
+fn walk_in<F: PagingFormat + ?Sized, P: Platform>(
+    fmt: &F,
+    root: u64,
+    k: &Kmm<P>,
+    virt: u64,
+) -> Option<Translation> {
+    if !canonical_in(fmt, virt) {
+        return None;
+    }
+    let (leaf, raw) = descend(fmt, root, k, virt, |_, _, _, _, _| {}).ok()??;
+    translation_in(fmt, virt, leaf, raw)
+}
+
+/// `PageTable::walk_and_mark` for a format given as a type. The walk down
+/// notes whether any entry lacks the bits the walk sets; when none does (a
+/// warm table, the common case) it is the whole job: nothing is read again
+/// or written.
+#[inline(always)]
+fn walk_and_mark_in<F: PagingFormat + ?Sized, P: Platform>(
+    fmt: &F,
+    root: u64,
+    k: &Kmm<P>,
+    virt: u64,
+    write: bool,
+) -> Option<Translation> {
+    if !canonical_in(fmt, virt) {
+        return None;
+    }
+    let mut unmarked = false;
+    let (leaf, raw) = descend(fmt, root, k, virt, |level, _, _, raw, leaf| {
+        unmarked |= fmt.mark(raw, level, leaf, write) != raw;
+    })
+    .ok()??;
+    let t = translation_in(fmt, virt, leaf, raw)?;
+    if write && !t.flags.pte_write() {
+        return None;
+    }
+    if !unmarked {
+        return Some(t);
+    }
+    mark_in(fmt, root, k, virt, write)
+}
+
+/// The marking part of [`walk_and_mark_in`] (a table entry or leaf without
+/// its accessed or dirty bit): walks down again recording the path, then,
+/// top level first, marks every entry that needs it, as read then.
+#[inline(never)]
+fn mark_in<F: PagingFormat + ?Sized, P: Platform>(
+    fmt: &F,
+    root: u64,
+    k: &Kmm<P>,
+    virt: u64,
+    write: bool,
+) -> Option<Translation> {
+    let mut trail = Trail::new();
+    let (leaf, _) = descend_trail(fmt, root, k, virt, &mut trail).ok()??;
+    let phys = k.phys();
+    let es = fmt.entry_size();
+    for level in (leaf..fmt.levels()).rev() {
+        let (table, idx) = (trail.path.table[level], trail.path.idx[level]);
+        let old = trail.raw[level];
+        let new = fmt.mark(old, level, level == leaf, write);
+        if new != old {
+            write_entry(phys, es, table, idx, new).ok()?;
+        }
+    }
+    let raw = read_entry(phys, es, trail.path.table[leaf], trail.path.idx[leaf]).ok()?;
+    translation_in(fmt, virt, leaf, raw)
+}
+
 impl<P: Platform> Kmm<P> {
     /// `pgd_alloc()`: a new, empty page table of format `fmt` (take one from
     /// [`crate::Arch::paging_formats`]).
@@ -289,36 +517,30 @@ impl PageTable {
             .map(|l| (1u64 << self.fmt.shift(l), l))
     }
 
-    fn read<P: Platform>(&self, k: &Kmm<P>, table: u64, idx: usize) -> Result<u64, KmmError> {
-        let es = self.fmt.entry_size();
-        let at = table + idx as u64 * es;
-        if es == 4 {
-            let mut b = [0u8; 4];
-            k.phys().read(at, &mut b)?;
-            Ok(u32::from_le_bytes(b) as u64)
-        } else {
-            k.phys().read_u64(at)
-        }
+    /// The raw entry at `idx` of the table at physical address `table`
+    /// (`pte_val(*pte)`, ...).
+    pub(crate) fn read<P: Platform>(
+        &self,
+        k: &Kmm<P>,
+        table: u64,
+        idx: usize,
+    ) -> Result<u64, KmmError> {
+        read_entry(k.phys(), self.fmt.entry_size(), table, idx)
     }
 
     /// `set_pte` / `set_pmd` / `set_pud` / `set_p4d` / `set_pgd`.
-    fn write<P: Platform>(
+    pub(crate) fn write<P: Platform>(
         &self,
         k: &Kmm<P>,
         table: u64,
         idx: usize,
         raw: u64,
     ) -> Result<(), KmmError> {
-        let es = self.fmt.entry_size();
-        let at = table + idx as u64 * es;
-        if es == 4 {
-            k.phys().write(at, &(raw as u32).to_le_bytes())
-        } else {
-            k.phys().write_u64(at, raw)
-        }
+        write_entry(k.phys(), self.fmt.entry_size(), table, idx, raw)
     }
 
-    fn index(&self, virt: u64, level: usize) -> usize {
+    /// The index of `virt` in a table of `level` (`pte_index`, `pmd_index`, ...).
+    pub(crate) fn index(&self, virt: u64, level: usize) -> usize {
         ((virt >> self.fmt.shift(level)) as usize) & (self.fmt.entries(level) - 1)
     }
 
@@ -365,24 +587,9 @@ impl PageTable {
         virt: u64,
     ) -> Result<Option<(usize, u64, Path)>, KmmError> {
         self.check_virt(virt)?;
-        let mut path = Path {
-            table: [0; MAX_LEVELS],
-            idx: [0; MAX_LEVELS],
-        };
-        let mut table = self.root;
-        for level in (0..self.fmt.levels()).rev() {
-            let idx = self.index(virt, level);
-            path.table[level] = table;
-            path.idx[level] = idx;
-            let raw = self.read(k, table, idx)?;
-            match self.fmt.decode(raw, level) {
-                Entry::None => return Ok(None),
-                Entry::Table(next) if level > 0 => table = next,
-                Entry::Table(_) => return Ok(None),
-                Entry::Leaf { .. } => return Ok(Some((level, raw, path))),
-            }
-        }
-        Ok(None)
+        let mut trail = Trail::new();
+        let leaf = with_format!(self.fmt, f => descend_trail(f, self.root, k, virt, &mut trail))?;
+        Ok(leaf.map(|(level, raw)| (level, raw, trail.path)))
     }
 
     fn leaf_level(&self, size: u64) -> Result<usize, KmmError> {
@@ -494,21 +701,13 @@ impl PageTable {
     /// `follow_pte` / a software page walk: the translation of `virt`, or
     /// `None` when nothing maps it (or it is not canonical). Changes nothing.
     pub fn walk<P: Platform>(&self, k: &Kmm<P>, virt: u64) -> Option<Translation> {
-        let (level, raw, _) = self.find(k, virt).ok()??;
-        self.translation(virt, level, raw)
+        with_format!(self.fmt, f => walk_in(f, self.root, k, virt))
     }
 
+    /// The translation of `virt` through the leaf `raw` of `level`.
+    #[allow(dead_code)] // the walks call `translation_in` with the format's type
     fn translation(&self, virt: u64, level: usize, raw: u64) -> Option<Translation> {
-        let Entry::Leaf { phys, flags } = self.fmt.decode(raw, level) else {
-            return None;
-        };
-        let size = 1u64 << self.fmt.shift(level);
-        Some(Translation {
-            phys: phys + (virt & (size - 1)),
-            size,
-            flags,
-            level,
-        })
+        translation_in(self.fmt, virt, level, raw)
     }
 
     /// The walk the MMU does on a TLB miss: like [`Self::walk`], and sets
@@ -522,21 +721,7 @@ impl PageTable {
         virt: u64,
         write: bool,
     ) -> Option<Translation> {
-        let (leaf, raw, path) = self.find(k, virt).ok()??;
-        let t = self.translation(virt, leaf, raw)?;
-        if write && !t.flags.pte_write() {
-            return None;
-        }
-        for level in (leaf..self.fmt.levels()).rev() {
-            let (table, idx) = (path.table[level], path.idx[level]);
-            let old = self.read(k, table, idx).ok()?;
-            let new = self.fmt.mark(old, level, level == leaf, write);
-            if new != old {
-                self.write(k, table, idx, new).ok()?;
-            }
-        }
-        let raw = self.read(k, path.table[leaf], path.idx[leaf]).ok()?;
-        self.translation(virt, leaf, raw)
+        with_format!(self.fmt, f => walk_and_mark_in(f, self.root, k, virt, write))
     }
 
     /// `ptep_test_and_clear_young`: clears the accessed bit of the leaf

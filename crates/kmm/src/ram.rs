@@ -185,6 +185,47 @@ impl PhysMem {
         self.write(phys, &v.to_le_bytes())
     }
 
+    /// [`Self::read_u64`] for hot paths (the MMU's loads, page walks): one
+    /// comparison finds the 8 bytes in RAM and the load is inlined into the
+    /// caller; anything else (device memory, a bad address) goes the way of
+    /// [`Self::read_u64`].
+    #[inline(always)]
+    pub fn load_u64(&self, phys: u64) -> Result<u64, KmmError> {
+        if phys.checked_add(8).is_some_and(|end| end <= self.len) {
+            // SAFETY: `phys + 8 <= self.len`, so the 8 bytes lie inside the
+            // mapping promised by `new`; `read_unaligned` takes any alignment.
+            let v = unsafe {
+                self.base
+                    .as_ptr()
+                    .add(phys as usize)
+                    .cast::<u64>()
+                    .read_unaligned()
+            };
+            Ok(u64::from_le(v))
+        } else {
+            self.read_u64(phys)
+        }
+    }
+
+    /// [`Self::write_u64`] for hot paths, as [`Self::load_u64`] is for reads.
+    #[inline(always)]
+    pub fn store_u64(&self, phys: u64, v: u64) -> Result<(), KmmError> {
+        if phys.checked_add(8).is_some_and(|end| end <= self.len) {
+            // SAFETY: `phys + 8 <= self.len`, so the 8 bytes lie inside the
+            // mapping promised by `new`; `write_unaligned` takes any alignment.
+            unsafe {
+                self.base
+                    .as_ptr()
+                    .add(phys as usize)
+                    .cast::<u64>()
+                    .write_unaligned(v.to_le())
+            };
+            Ok(())
+        } else {
+            self.write_u64(phys, v)
+        }
+    }
+
     /// Host address of a table of `head + count * size_of::<T>()` bytes at
     /// `phys`: inside RAM and aligned to `align`, else an error.
     #[inline(always)]
