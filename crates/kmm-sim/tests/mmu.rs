@@ -706,13 +706,19 @@ fn shootdown_racing_with_hits_leaves_no_stale_translation() {
     pt.map(k, v, pages[0], K4, PteFlags::WRITABLE).unwrap();
     let pt = RwLock::new(pt);
     let generation = AtomicU64::new(0);
-    let done = AtomicBool::new(false);
+    let (started, done) = (AtomicBool::new(false), AtomicBool::new(false));
     let (loads, checked, stale) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
             m.cpus()
                 .run_on_cpu(1, || {
                     let (mut loads, mut checked, mut stale) = (0u64, 0u64, Vec::new());
-                    while !done.load(Ordering::Acquire) {
+                    // Keep loading for a while after the writer is done
+                    // (hits, whatever the scheduler did meanwhile).
+                    let mut after = 0;
+                    while after < 1000 {
+                        if done.load(Ordering::Acquire) {
+                            after += 1;
+                        }
                         let g0 = generation.load(Ordering::Acquire);
                         let got = {
                             let pt = pt.read().unwrap();
@@ -720,6 +726,7 @@ fn shootdown_racing_with_hits_leaves_no_stale_translation() {
                         };
                         let g1 = generation.load(Ordering::Acquire);
                         loads += 1;
+                        started.store(true, Ordering::Release);
                         // A remap to generation g1 + 1 may be under way.
                         let live = g0..=g1 + 1;
                         if live.clone().count() < PAGES {
@@ -734,6 +741,10 @@ fn shootdown_racing_with_hits_leaves_no_stale_translation() {
                 })
                 .unwrap()
         });
+        // Wait for the reader to run (a busy host may start it late).
+        while !started.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
         for n in 1..=ROUNDS {
             {
                 let mut pt = pt.write().unwrap();
@@ -778,24 +789,35 @@ fn invalidations_racing_with_hits_never_tear_an_entry() {
     let v = 0x6000_0000;
     let mut pt = k.pgd_alloc(&X86_64_4LEVEL).unwrap();
     pt.map(k, v, p, K4, PteFlags::WRITABLE).unwrap();
-    let done = AtomicBool::new(false);
+    let (started, done) = (AtomicBool::new(false), AtomicBool::new(false));
     let (loads, bad) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
             m.cpus()
                 .run_on_cpu(1, || {
                     let (mut loads, mut bad) = (0u64, Vec::new());
-                    while !done.load(Ordering::Acquire) {
+                    // Keep loading for a while after the writer is done
+                    // (hits, whatever the scheduler did meanwhile).
+                    let mut after = 0;
+                    while after < 1000 {
+                        if done.load(Ordering::Acquire) {
+                            after += 1;
+                        }
                         let got = mmu.read_u64(1, &pt, ASID, v + 8 * (loads % 4));
                         let want = if loads % 4 == 0 { tag(p) } else { 0 };
                         if got != Ok(want) && bad.len() < 10 {
                             bad.push((loads, got));
                         }
                         loads += 1;
+                        started.store(true, Ordering::Release);
                     }
                     (loads, bad)
                 })
                 .unwrap()
         });
+        // Wait for the reader to run (a busy host may start it late).
+        while !started.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
         for _ in 0..INVALIDATIONS {
             mmu.invlpg(1, v);
         }
