@@ -121,6 +121,8 @@ impl VmReport {
 pub struct Env<'m> {
     /// The memory manager of the machine.
     pub kmm: &'m Kmm<SimPlatform>,
+    /// A 32-bit x86 machine with high memory, for `kmap_atomic`.
+    pub x86: &'m Machine,
     /// The machine's MMU (default TLB shape: 64 entries, 4-way, PCID).
     pub mmu: Mmu<'m, SimPlatform>,
     /// The settings of the run.
@@ -220,14 +222,20 @@ pub type Measurement =
     for<'a> fn(&'a Env<'_>, &mut dyn FnMut(&str)) -> Result<Vec<Row<'a>>, String>;
 
 /// The measurements of `kmm bench vm`, in report order.
-pub const MEASUREMENTS: &[(&str, Measurement)] =
-    &[("native", native), ("tlb-hit", tlb_hit), ("walk", walk)];
+pub const MEASUREMENTS: &[(&str, Measurement)] = &[
+    ("native", native),
+    ("tlb-hit", tlb_hit),
+    ("walk", walk),
+    ("vmalloc", vmalloc_vs_pages),
+    ("kmap", kmap_atomic_pairs),
+];
 
 /// The ratio lines: name, then the rows whose times are divided (first over
 /// second; above 1: the first is slower).
 pub const RATIOS: &[(&str, &str, &str)] = &[
     ("tlb-hit-vs-native", "tlb-hit", "native"),
     ("walk-vs-tlb-hit", "walk", "tlb-hit"),
+    ("vmalloc16-vs-order4", "vmalloc16", "order4"),
 ];
 
 /// The targets: row, most ns per load.
@@ -239,6 +247,10 @@ const TARGETS: &[(&str, &str, f64)] = &[
         40.0,
     ),
 ];
+
+/// The ratio target: vmalloc of 16 pages within 8x an order-4
+/// allocation (each as an allocate + free pair).
+const VMALLOC_TARGET: f64 = 8.0;
 
 /// Byte offset of the `j`-th load in a region of `pages` pages (a power of
 /// two): page `p = j mod pages`, word `(8p + j / pages) mod 512` of it.
@@ -393,6 +405,103 @@ fn walk<'a>(env: &'a Env<'_>, out: &mut dyn FnMut(&str)) -> Result<Vec<Row<'a>>,
     }])
 }
 
+/// LDD3's scullv/scullp trade-off: `vmalloc` + `vfree` of 16 pages against
+/// `__get_free_pages` + `free_pages` of order 4 (the same 64 KiB).
+fn vmalloc_vs_pages<'a>(
+    env: &'a Env<'_>,
+    out: &mut dyn FnMut(&str),
+) -> Result<Vec<Row<'a>>, String> {
+    let k = env.kmm;
+    let size = 16 * PAGE;
+    // Check once: the area is mapped page by page, the block is contiguous.
+    let v = k.vmalloc(size).map_err(|e| format!("vmalloc: {e}"))?;
+    let frames = (0..16)
+        .map(|i| k.vmalloc_to_pfn(v + i * PAGE))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("vmalloc_to_pfn: {e}"))?;
+    k.vfree(v).map_err(|e| format!("vfree: {e}"))?;
+    out(&format!(
+        "vmalloc: vmalloc({size}) + vfree (16 pages taken one at a time, mapped in the vmalloc area; the TLB flush is lazy, every ~{} ranges); first frames {:#x}, {:#x}",
+        16 * 1024 / 17,
+        frames[0],
+        frames[1]
+    ));
+    out("order4:  __get_free_pages(GFP_KERNEL, 4) + free_pages: the same 64 KiB as one contiguous block");
+    let vm: Timed<'a> = Box::new(move |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let v = k
+                .vmalloc(black_box(size))
+                .map_err(|e| format!("vmalloc: {e}"))?;
+            k.vfree(black_box(v)).map_err(|e| format!("vfree: {e}"))?;
+        }
+        Ok(t.elapsed())
+    });
+    let pages: Timed<'a> = Box::new(move |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let a = k
+                .__get_free_pages(GfpFlags::GFP_KERNEL, 4)
+                .map_err(|e| format!("__get_free_pages: {e}"))?;
+            k.free_pages(black_box(a), 4)
+                .map_err(|e| format!("free_pages: {e}"))?;
+        }
+        Ok(t.elapsed())
+    });
+    Ok(vec![
+        Row {
+            name: "vmalloc16",
+            label: "vmalloc+vfree, 16 pages".to_string(),
+            timed: vm,
+        },
+        Row {
+            name: "order4",
+            label: "__get_free_pages order 4 pair".to_string(),
+            timed: pages,
+        },
+    ])
+}
+
+/// `kmap_atomic` + `kunmap_atomic` of a high-memory page on a 32-bit x86
+/// machine (a fixmap slot, its PTE set and cleared, the local TLB entry
+/// flushed), with the thread bound to CPU 0 as kernel code would be.
+fn kmap_atomic_pairs<'a>(
+    env: &'a Env<'_>,
+    out: &mut dyn FnMut(&str),
+) -> Result<Vec<Row<'a>>, String> {
+    let m = env.x86;
+    let k = m.kmm();
+    let page = k
+        .alloc_pages(GfpFlags::GFP_HIGHUSER, 0)
+        .map_err(|e| format!("alloc_pages(GFP_HIGHUSER): {e}"))?;
+    if !k.page_is_highmem(page) {
+        return Err("GFP_HIGHUSER gave a low-memory page".into());
+    }
+    let check = {
+        let _cpu = m.cpus().bind(0).map_err(|e| e.to_string())?;
+        let a = k.kmap_atomic(page).map_err(|e| e.to_string())?;
+        k.kunmap_atomic(a).map_err(|e| e.to_string())?;
+        a
+    };
+    out(&format!(
+        "kmap:    kmap_atomic + kunmap_atomic of a HighMem page on an x86 machine (fixmap slot {check:#x}), bound to CPU 0"
+    ));
+    let timed: Timed<'a> = Box::new(move |n| {
+        let _cpu = m.cpus().bind(0).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for _ in 0..n {
+            let a = k.kmap_atomic(black_box(page)).map_err(|e| e.to_string())?;
+            k.kunmap_atomic(black_box(a)).map_err(|e| e.to_string())?;
+        }
+        Ok(t.elapsed())
+    });
+    Ok(vec![Row {
+        name: "kmap-atomic",
+        label: "kmap_atomic+kunmap_atomic".to_string(),
+        timed,
+    }])
+}
+
 /// Free pages once the per-CPU lists are drained.
 fn settled(kmm: &Kmm<SimPlatform>) -> u64 {
     kmm.drain_all_pages();
@@ -424,6 +533,13 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
     })
     .map_err(|e| format!("cannot boot a {} machine: {e}", gib(s.ram)))?;
     let kmm = machine.kmm();
+    let x86 = Machine::boot(MachineConfig {
+        arch: &kmm::arch::x86::X86,
+        ram: 1 << 30,
+        cpus: 2,
+        ..Default::default()
+    })
+    .map_err(|e| format!("cannot boot the x86 machine: {e}"))?;
     let mmu = Mmu::for_machine(&machine);
     let tlb = mmu.config();
     out(&format!(
@@ -435,13 +551,22 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
     ));
     out(&format!("host: {}", host_name()));
     out("figures: 8-byte loads, independent (summed), so ns/load is the inverse of the throughput");
+    // vmalloc's first use makes its vmap_area cache: do it before counting.
+    let warm = kmm.vmalloc(PAGE).map_err(|e| format!("vmalloc: {e}"))?;
+    kmm.vfree(warm).map_err(|e| format!("vfree: {e}"))?;
+    kmm.vm_unmap_aliases();
+    for c in kmm.kmem_caches().iter() {
+        let _ = kmm.kmem_cache_shrink(c);
+    }
     let before = settled(kmm);
+    let kernel_tables = kmm.kernel_page_table_pages();
     let tables = kmm.nr_page_table_pages();
     let pt = kmm
         .pgd_alloc(&X86_64_4LEVEL)
         .map_err(|e| format!("pgd_alloc: {e}"))?;
     let env = Env {
         kmm,
+        x86: &x86,
         mmu,
         s,
         pt: RefCell::new(pt),
@@ -455,7 +580,15 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
     let torn = env.teardown();
     let (names, figures) = result?;
     torn?;
-    let after = settled(kmm);
+    // The lazily freed vmalloc ranges, then whatever vmalloc's first use
+    // made (its vmap_area cache, kernel page tables) stays, as in Linux:
+    // count them out of the comparison.
+    kmm.vm_unmap_aliases();
+    for c in kmm.kmem_caches().iter() {
+        let _ = kmm.kmem_cache_shrink(c);
+    }
+    // Kernel page tables vmalloc added stay, as in Linux.
+    let after = settled(kmm) + (kmm.kernel_page_table_pages() - kernel_tables);
     if after != before || kmm.nr_pcp_pages() != 0 {
         return Err(format!(
             "the benchmark did not give back its pages: {before} free before, {after} after"
@@ -486,6 +619,22 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
 
     out("");
     out("targets:");
+    if let Some((_, r)) = report
+        .ratios
+        .iter()
+        .find(|(n, _)| n == "vmalloc16-vs-order4")
+    {
+        let verdict = if *r <= VMALLOC_TARGET {
+            "met"
+        } else {
+            "NOT MET"
+        };
+        out(&format!(
+            "  {:<64}{:>9}  {verdict}",
+            format!("vmalloc of 16 pages within {VMALLOC_TARGET}x an order-4 allocation"),
+            format!("{r:.2}x")
+        ));
+    }
     for &(row, what, most) in TARGETS {
         if let Some(ns) = report.ns(row) {
             let verdict = if ns <= most { "met" } else { "NOT MET" };
@@ -549,7 +698,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.ratios.len(), RATIOS.len());
-        assert_eq!(r.rows.len(), MEASUREMENTS.len());
+        // One row per measurement, two for vmalloc (vmalloc16 and order4).
+        assert_eq!(r.rows.len(), MEASUREMENTS.len() + 1);
         let tail: Vec<&str> = text.lines().rev().take(RATIOS.len()).collect();
         for (line, (name, _, _)) in tail.iter().rev().zip(RATIOS) {
             let rest = line
