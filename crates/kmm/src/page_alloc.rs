@@ -105,6 +105,81 @@ impl<P: Platform> Kmm<P> {
         Ok(self.prep_new_page(pfn, order, gfp))
     }
 
+    /// `alloc_pages_bulk()`: `n` order-0 pages on node `nid`, handed one by
+    /// one to `out` (as frame numbers). As many as possible come from this
+    /// CPU's list of the preferred zone under one lock (refilled from the
+    /// buddy lists as needed); the rest are allocated one at a time. Returns
+    /// how many `out` took; on an error the pages handed out so far are the
+    /// caller's.
+    pub fn alloc_pages_bulk(
+        &self,
+        nid: usize,
+        gfp: GfpFlags,
+        n: u64,
+        out: &mut dyn FnMut(u64) -> Result<(), KmmError>,
+    ) -> Result<u64, KmmError> {
+        let cpu = self.platform.smp_processor_id();
+        let zt = gfp.validate()?;
+        if nid >= self.nr_node_ids {
+            return Err(KmmError::InvalidNode { nid });
+        }
+        if gfp.allows_blocking() {
+            let (pc, irqs) = self.platform.atomic_state_of(cpu);
+            if pc != 0 || irqs {
+                return Err(self.sleep_in_atomic(pc, irqs, "mm/page_alloc.rs", line!()));
+            }
+        }
+        let highest = self.zone_index_of[zt as usize] as usize;
+        let (pnid, zidx) = self.preferred_zone[nid][highest];
+        let zone = &self.nodes[pnid as usize].zones[zidx as usize];
+        let mut got = 0u64;
+        let mark = zone.watermark[ALLOC_WMARK_LOW as usize].load(Relaxed) + n;
+        if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
+            if self.zone_watermark_ok(zone, 0, mark, highest, ALLOC_WMARK_LOW) {
+                let map = self.mem_map();
+                let _g = pcp.lock.lock();
+                let mut list = pcp.list(0);
+                let mut count = pcp.count.load(Relaxed);
+                let mut result = Ok(());
+                while got < n {
+                    if list.head == NIL {
+                        let r = self.rmqueue_bulk(zone, 0, pcp.batch.load(Relaxed), &mut list);
+                        if r == 0 {
+                            break;
+                        }
+                        count += r;
+                    }
+                    let Some(pfn) = list.pop_front(map) else {
+                        break;
+                    };
+                    count -= 1;
+                    self.prep_new_page(pfn, 0, gfp);
+                    got += 1;
+                    if let Err(e) = out(u64::from(pfn)) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                pcp.set_list(0, list);
+                pcp.count.store(count, Relaxed);
+                pcp.pgalloc.store(pcp.pgalloc.load(Relaxed) + got, Relaxed);
+                let c = if pnid as usize == nid {
+                    &pcp.numa_hit
+                } else {
+                    &pcp.numa_miss
+                };
+                c.store(c.load(Relaxed) + got, Relaxed);
+                result?;
+            }
+        }
+        while got < n {
+            let page = self.alloc_pages_on(cpu, nid, gfp, 0)?;
+            got += 1;
+            out(self.page_to_pfn(page)?)?;
+        }
+        Ok(got)
+    }
+
     /// The first zone `get_page_from_freelist()` would try, without the walk:
     /// orders 0–3 from the per-CPU list of the preferred zone.
     #[inline(always)]

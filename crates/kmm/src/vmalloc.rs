@@ -30,7 +30,7 @@ use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::mm_types::Page;
-use crate::pgtable::{Entry, PageTable, PteFlags};
+use crate::pgtable::{Entry, PageTable, PagingFormat, PteFlags};
 use crate::platform::{preempt, Platform};
 use crate::rbtree::{rb_add, rb_erase, rb_find, rb_last_lt, RbRoot};
 use crate::slab::KmemCache;
@@ -614,14 +614,14 @@ impl<P: Platform> Kmm<P> {
                         break 'outer;
                     }
                 };
-                if read_entry(&self.mem, fmt, table, idx)? != 0 {
+                if self.pte_get(fmt, table, idx)? != 0 {
                     result = Err(KmmError::AlreadyMapped {
                         virt: start + (i + j) * ps,
                     });
                     i += j;
                     break 'outer;
                 }
-                write_entry(&self.mem, fmt, table, idx, raw)?;
+                self.pte_set(fmt, table, idx, raw)?;
             }
             i += m;
         }
@@ -629,6 +629,32 @@ impl<P: Platform> Kmm<P> {
             self.vunmap_range(start, start + i * ps)?;
         }
         result
+    }
+
+    /// Entry `idx` of a kernel page table (8-byte entries with one bounds
+    /// check).
+    #[inline]
+    fn pte_get(&self, fmt: &dyn PagingFormat, table: u64, idx: usize) -> Result<u64, KmmError> {
+        if fmt.entry_size() == 8 {
+            self.mem.load_u64(table + idx as u64 * 8)
+        } else {
+            read_entry(&self.mem, fmt, table, idx)
+        }
+    }
+
+    #[inline]
+    fn pte_set(
+        &self,
+        fmt: &dyn PagingFormat,
+        table: u64,
+        idx: usize,
+        raw: u64,
+    ) -> Result<(), KmmError> {
+        if fmt.entry_size() == 8 {
+            self.mem.store_u64(table + idx as u64 * 8, raw)
+        } else {
+            write_entry(&self.mem, fmt, table, idx, raw)
+        }
     }
 
     /// `vunmap_range_noflush()`: clears the PTEs of `[start, end)`. The
@@ -648,7 +674,7 @@ impl<P: Platform> Kmm<P> {
             }
             if let Some(table) = self.kernel_pte_table(virt, false)? {
                 for j in 0..m {
-                    write_entry(&self.mem, fmt, table, (first + j) as usize, 0)?;
+                    self.pte_set(fmt, table, (first + j) as usize, 0)?;
                 }
             }
             virt += m * ps;
@@ -972,30 +998,24 @@ impl<P: Platform> Kmm<P> {
         } else {
             gfp | GfpFlags::__GFP_HIGHMEM
         };
+        // alloc_pages_bulk_array_node(): the pages in one go, into the array.
         let mut got = 0;
-        let mut result = Ok(());
-        while got < nr_pages {
-            match self
-                .alloc_pages_node(nid, page_gfp | GfpFlags::__GFP_NOWARN, 0)
-                .and_then(|p| self.page_to_pfn(p))
-            {
-                Ok(pfn) => {
-                    if let Err(e) = self.mem.write_u64(array_phys + got * 8, pfn) {
-                        result = Err(e);
-                        break;
-                    }
+        let mut result = self
+            .alloc_pages_bulk(
+                nid,
+                page_gfp | GfpFlags::__GFP_NOWARN,
+                nr_pages,
+                &mut |pfn| {
+                    self.mem.store_u64(array_phys + got * 8, pfn)?;
                     got += 1;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
+                    Ok(())
+                },
+            )
+            .map(drop);
         if result.is_ok() {
             let shift = self.page_shift;
             result = self.vmap_range(start, nr_pages, PAGE_KERNEL, &mut |i| {
-                Ok(self.mem.read_u64(array_phys + i * 8)? << shift)
+                Ok(self.mem.load_u64(array_phys + i * 8)? << shift)
             });
         }
         if result.is_err() {
@@ -1015,7 +1035,7 @@ impl<P: Platform> Kmm<P> {
 
     fn free_page_array(&self, array_phys: u64, n: u64) {
         for i in 0..n {
-            if let Ok(pfn) = self.mem.read_u64(array_phys + i * 8) {
+            if let Ok(pfn) = self.mem.load_u64(array_phys + i * 8) {
                 if let Ok(page) = self.pfn_to_page(pfn) {
                     let _ = self.__free_pages(page, 0);
                 }
