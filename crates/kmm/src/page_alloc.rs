@@ -750,6 +750,30 @@ impl<P: Platform> Kmm<P> {
         if order >= MAX_ORDER as u32 {
             return Err(KmmError::OrderTooLarge { order });
         }
+        if !self.free_pages_prepare(page, pfn, order)? {
+            return Ok(());
+        }
+        let zone = self.page_zone(page);
+        if (order as usize) < NR_PCP_LISTS {
+            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
+                self.free_unref_page(zone, pcp, pfn as u32, order, cold);
+                return Ok(());
+            }
+        }
+        let mut fa = zone.free.lock();
+        self.free_one_page(zone, &mut fa, pfn as u32, order);
+        fa.pgfree += 1 << order;
+        drop(fa);
+        zone.nr_free_pages.fetch_add(1 << order, Relaxed);
+        Ok(())
+    }
+
+    /// `put_page_testzero()` + `free_pages_prepare()`: drops a reference;
+    /// for the last one checks the page (a bad page keeps its reference and
+    /// is reported) and clears what the allocator set. Returns whether the
+    /// block is now free to go back.
+    #[inline(always)]
+    fn free_pages_prepare(&self, page: &Page, pfn: u64, order: u32) -> Result<bool, KmmError> {
         // put_page_testzero(): only the last reference frees.
         let old = page.refcount.fetch_sub(1, Relaxed);
         if old <= 0 {
@@ -761,7 +785,7 @@ impl<P: Platform> Kmm<P> {
             ));
         }
         if old != 1 {
-            return Ok(());
+            return Ok(false);
         }
         // free_page_is_bad(), in one look at the flags word: nothing that must
         // be clear at free, allocated with this very order, not mapped. A bad
@@ -788,19 +812,78 @@ impl<P: Platform> Kmm<P> {
         }
         page.mapping.store(0, Relaxed);
         page.private.store(0, Relaxed);
-        let zone = self.page_zone(page);
-        if (order as usize) < NR_PCP_LISTS {
-            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
-                self.free_unref_page(zone, pcp, pfn as u32, order, cold);
-                return Ok(());
+        Ok(true)
+    }
+
+    /// `free_unref_page_list()` / `release_pages()`: drops one reference on
+    /// each order-0 page `pfns` names; the pages that became free go to this
+    /// CPU's lists under one lock per zone run (Linux batches them the same
+    /// way). A bad page is reported and skipped; the first error is returned
+    /// after every other page was handled.
+    pub fn free_pages_bulk(&self, pfns: &mut dyn Iterator<Item = u64>) -> Result<(), KmmError> {
+        let cpu = self.platform.smp_processor_id();
+        let map = self.mem_map();
+        let mut first_err = Ok(());
+        let mut batch = [0u32; 32];
+        let mut n = 0;
+        let flush = |batch: &[u32]| {
+            let mut i = 0;
+            while i < batch.len() {
+                let zone = self.page_zone(&map[batch[i] as usize]);
+                let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
+                    for &pfn in &batch[i..] {
+                        let z = self.page_zone(&map[pfn as usize]);
+                        let mut fa = z.free.lock();
+                        self.free_one_page(z, &mut fa, pfn, 0);
+                        fa.pgfree += 1;
+                        drop(fa);
+                        z.nr_free_pages.fetch_add(1, Relaxed);
+                    }
+                    return;
+                };
+                let _g = pcp.lock.lock();
+                let mut list = pcp.list(0);
+                let mut count = pcp.count.load(Relaxed);
+                let mut freed = 0;
+                while i < batch.len()
+                    && core::ptr::eq(self.page_zone(&map[batch[i] as usize]), zone)
+                {
+                    list.push_front(map, batch[i]);
+                    count += 1;
+                    freed += 1;
+                    i += 1;
+                }
+                pcp.set_list(0, list);
+                pcp.pgfree.store(pcp.pgfree.load(Relaxed) + freed, Relaxed);
+                if count >= pcp.high.load(Relaxed) {
+                    count -= self.free_pcppages_bulk(zone, pcp, pcp.batch.load(Relaxed));
+                }
+                pcp.count.store(count, Relaxed);
+            }
+        };
+        for pfn in pfns {
+            let r = self
+                .pfn_to_page(pfn)
+                .and_then(|page| self.free_pages_prepare(page, pfn, 0));
+            match r {
+                Ok(true) => {
+                    batch[n] = pfn as u32;
+                    n += 1;
+                    if n == batch.len() {
+                        flush(&batch);
+                        n = 0;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if first_err.is_ok() {
+                        first_err = Err(e);
+                    }
+                }
             }
         }
-        let mut fa = zone.free.lock();
-        self.free_one_page(zone, &mut fa, pfn as u32, order);
-        fa.pgfree += 1 << order;
-        drop(fa);
-        zone.nr_free_pages.fetch_add(1 << order, Relaxed);
-        Ok(())
+        flush(&batch[..n]);
+        first_err
     }
 
     /// Works out which check a free failed, in Linux's order of reasons.

@@ -1034,13 +1034,9 @@ impl<P: Platform> Kmm<P> {
     }
 
     fn free_page_array(&self, array_phys: u64, n: u64) {
-        for i in 0..n {
-            if let Ok(pfn) = self.mem.load_u64(array_phys + i * 8) {
-                if let Ok(page) = self.pfn_to_page(pfn) {
-                    let _ = self.__free_pages(page, 0);
-                }
-            }
-        }
+        let _ = self.free_pages_bulk(
+            &mut (0..n).filter_map(|i| self.mem.load_u64(array_phys + i * 8).ok()),
+        );
     }
 
     /// `vfree()`: unmaps and frees what [`Self::vmalloc`] returned (the TLB
