@@ -32,7 +32,7 @@ use crate::mm::Kmm;
 use crate::mm_types::Page;
 use crate::pgtable::{Entry, PageTable, PagingFormat, PteFlags};
 use crate::platform::{preempt, Platform};
-use crate::rbtree::{rb_add, rb_erase, rb_find, rb_last_lt, RbRoot};
+use crate::rbtree::{rb_add, rb_erase, rb_find, RbRoot};
 use crate::slab::KmemCache;
 use crate::spinlock::SpinLock;
 use core::fmt::{self, Write};
@@ -84,6 +84,8 @@ const VA_SIZE: usize = 64 + crate::rbtree::RB_NODE_SIZE as usize;
 const VA_LAZY: u64 = 1 << 32;
 /// Bit 33: being torn down (found by no lookup, not yet lazy).
 const VA_FREEING: u64 = 1 << 33;
+/// Bit 34: in the busy tree (live areas only).
+const VA_IN_TREE: u64 = 1 << 34;
 
 /// What `vcopy` hands each piece: the physical address and writability of
 /// the page (`None` when unmapped) and the byte range of the buffer.
@@ -269,12 +271,12 @@ impl<P: Platform> Kmm<P> {
 
     #[inline]
     fn va_get(&self, va: u64, off: u64) -> u64 {
-        self.mem.read_u64(va + off).unwrap_or(0)
+        self.mem.load_u64(va + off).unwrap_or(0)
     }
 
     #[inline]
     fn va_set(&self, va: u64, off: u64, v: u64) {
-        let _ = self.mem.write_u64(va + off, v);
+        let _ = self.mem.store_u64(va + off, v);
     }
 
     fn va_info(&self, l: &VmapList, va: u64) -> VmStruct {
@@ -327,7 +329,7 @@ impl<P: Platform> Kmm<P> {
         let mut purged = false;
         loop {
             let mut l = self.vm.list.lock();
-            if let Some(addr) = self.find_hole(&mut l, req.size, req.align, vstart, vend) {
+            if let Some((addr, prev)) = self.find_hole(&mut l, req.size, req.align, vstart, vend) {
                 let caller = Self::caller_id(&mut l, req.caller);
                 self.va_set(va, VA_START, addr);
                 self.va_set(va, VA_END, addr + req.size);
@@ -335,7 +337,7 @@ impl<P: Platform> Kmm<P> {
                 self.va_set(va, VA_PAGES_CALLER, caller << 32);
                 self.va_set(va, VA_PAGES, 0);
                 self.va_set(va, VA_PHYS, 0);
-                self.link_sorted(&mut l, va, addr);
+                self.link_after(&mut l, va, prev);
                 l.hint = va;
                 return Ok(va);
             }
@@ -367,7 +369,7 @@ impl<P: Platform> Kmm<P> {
         align: u64,
         vstart: u64,
         vend: u64,
-    ) -> Option<u64> {
+    ) -> Option<(u64, u64)> {
         if l.hint == 0
             || size < l.cached_hole_size
             || vstart < l.cached_vstart
@@ -380,15 +382,20 @@ impl<P: Platform> Kmm<P> {
         l.cached_align = align;
         let mut addr;
         let mut next;
+        // The range the new one would follow in the list.
+        let mut prev;
         if l.hint != 0 && self.va_get(l.hint, VA_END) >= vstart {
             addr = self.va_get(l.hint, VA_END).next_multiple_of(align);
+            prev = l.hint;
             next = self.va_get(l.hint, VA_NEXT);
         } else {
             l.hint = 0;
             addr = vstart.next_multiple_of(align);
+            prev = 0;
             next = l.head;
             // Skip the ranges wholly below `addr`.
             while next != 0 && self.va_get(next, VA_END) <= addr {
+                prev = next;
                 next = self.va_get(next, VA_NEXT);
             }
         }
@@ -398,30 +405,26 @@ impl<P: Platform> Kmm<P> {
                 return None;
             }
             if next == 0 || end <= self.va_get(next, VA_START) {
-                return Some(addr);
+                return Some((addr, prev));
             }
             let start = self.va_get(next, VA_START);
             if addr < start && start - addr > l.cached_hole_size {
                 l.cached_hole_size = start - addr;
             }
             addr = addr.max(self.va_get(next, VA_END).next_multiple_of(align));
+            prev = next;
             next = self.va_get(next, VA_NEXT);
         }
     }
 
     /// The start address of the `vmap_area` whose tree node is `node`.
     fn rb_key(&self, node: u64) -> Result<u64, KmmError> {
-        self.mem.read_u64(node - VA_RB + VA_START)
+        self.mem.load_u64(node - VA_RB + VA_START)
     }
 
-    /// Links `va` (starting at `addr`) into the address-ordered list and
-    /// the busy tree.
-    fn link_sorted(&self, l: &mut VmapList, va: u64, addr: u64) {
-        // The predecessor from the tree, in O(log n).
-        let prev = rb_last_lt(&self.mem, &addr, &l.root, |n| self.rb_key(n))
-            .ok()
-            .flatten()
-            .map_or(0, |n| n - VA_RB);
+    /// Links `va` into the address-ordered list after `prev` (0: first),
+    /// the place [`Self::find_hole`] found, and into the busy tree.
+    fn link_after(&self, l: &mut VmapList, va: u64, prev: u64) {
         let next = if prev != 0 {
             self.va_get(prev, VA_NEXT)
         } else {
@@ -429,6 +432,8 @@ impl<P: Platform> Kmm<P> {
         };
         let _ = crate::rbtree::rb_clear_node(&self.mem, va + VA_RB);
         let _ = rb_add(&self.mem, va + VA_RB, &mut l.root, |n| self.rb_key(n));
+        let f = self.va_get(va, VA_FLAGS);
+        self.va_set(va, VA_FLAGS, f | VA_IN_TREE);
         self.va_set(va, VA_PREV, prev);
         self.va_set(va, VA_NEXT, next);
         if prev != 0 {
@@ -444,8 +449,18 @@ impl<P: Platform> Kmm<P> {
         l.count += 1;
     }
 
+    /// Takes `va` out of the busy tree (it stays on the list, reserving its
+    /// range, until the purge). Linux moves such areas to its purge tree.
+    fn untree(&self, l: &mut VmapList, va: u64) {
+        let f = self.va_get(va, VA_FLAGS);
+        if f & VA_IN_TREE != 0 {
+            let _ = rb_erase(&self.mem, va + VA_RB, &mut l.root);
+            self.va_set(va, VA_FLAGS, f & !VA_IN_TREE);
+        }
+    }
+
     fn unlink(&self, l: &mut VmapList, va: u64) {
-        let _ = rb_erase(&self.mem, va + VA_RB, &mut l.root);
+        self.untree(l, va);
         let (prev, next) = (self.va_get(va, VA_PREV), self.va_get(va, VA_NEXT));
         if l.hint != 0 && self.va_get(va, VA_START) <= self.va_get(l.hint, VA_START) {
             l.hint = prev;
@@ -482,6 +497,7 @@ impl<P: Platform> Kmm<P> {
         let pages = (self.va_get(va, VA_END) - self.va_get(va, VA_START)) >> self.page_shift;
         let over = {
             let mut l = self.vm.list.lock();
+            self.untree(&mut l, va);
             let flags = self.va_get(va, VA_FLAGS) & !VA_FREEING;
             self.va_set(va, VA_FLAGS, flags | VA_LAZY);
             l.lazy_pages += pages;
@@ -547,7 +563,7 @@ impl<P: Platform> Kmm<P> {
         let mut table = pgd.root;
         for level in (1..fmt.levels()).rev() {
             let idx = ((virt >> fmt.shift(level)) as usize) & (fmt.entries(level) - 1);
-            let raw = read_entry(&self.mem, fmt, table, idx)?;
+            let raw = self.pte_get(fmt, table, idx)?;
             table = match fmt.decode(raw, level) {
                 Entry::Table(next) => next,
                 Entry::Leaf { .. } => return Err(KmmError::AlreadyMapped { virt }),
@@ -798,7 +814,7 @@ impl<P: Platform> Kmm<P> {
         who: &'static str,
     ) -> Result<(u64, u64), KmmError> {
         let (va, start, end, flags, pages, nr) = {
-            let l = self.vm.list.lock();
+            let mut l = self.vm.list.lock();
             let found = self.find_vmap_area(&l, addr).filter(|&va| {
                 VmFlags::from_bits_retain(self.va_get(va, VA_FLAGS) as u32).contains(want)
             });
@@ -814,8 +830,10 @@ impl<P: Platform> Kmm<P> {
                     what: "address that no vmalloc/vmap/ioremap returned (or already freed)",
                 });
             };
+            // Out of the busy tree: a second free of the same address finds
+            // nothing.
+            self.untree(&mut l, va);
             let flags = self.va_get(va, VA_FLAGS);
-            // Mark it so a second free of the same address finds nothing.
             self.va_set(va, VA_FLAGS, flags | VA_FREEING);
             (
                 va,
