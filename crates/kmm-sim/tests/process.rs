@@ -68,6 +68,37 @@ fn check_rmap(sys: &System) -> Result<(), String> {
     Ok(())
 }
 
+/// VMAs and page tables agree: every present user PTE lies inside a VMA,
+/// and a writable PTE only in a writable one; the VMA set is well formed.
+fn check_vmas_cover_ptes(sys: &System) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let k = sys.machine().kmm();
+    for pid in sys.pids() {
+        let mm = sys.mm_of(pid).map_err(|e| e.to_string())?;
+        k.validate_mm(mm).map_err(|e| format!("pid {pid}: {e}"))?;
+        let top = k.mm_struct(mm).unwrap().task_size.load(Relaxed);
+        let mut bad = None;
+        k.for_each_user_pte(mm, 0, top, &mut |addr, _, flags| {
+            let ok = k.find_vma(mm, addr).ok().flatten().is_some_and(|v| {
+                let v = k.vm_area(v).unwrap();
+                let vf = kmm::VmaFlags::from_bits_retain(v.vm_flags.load(Relaxed));
+                v.vm_start.load(Relaxed) <= addr
+                    && (!flags.pte_write() || vf.contains(kmm::VmaFlags::VM_WRITE))
+            });
+            if !ok && bad.is_none() {
+                bad = Some(addr);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(a) = bad {
+            return Err(format!(
+                "pid {pid}: PTE at {a:#x} outside a VMA that allows it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn anonymous_memory_is_demand_paged_and_zero_pages_are_shared() {
     let m = boot("x86_64", 1 << 30, 2, 1);
@@ -361,6 +392,23 @@ enum Op {
         proc: usize,
         cpu: usize,
     },
+    Brk {
+        proc: usize,
+        pages: i64,
+        byte: u8,
+    },
+    Mremap {
+        proc: usize,
+        region: usize,
+        pages: u64,
+    },
+    /// fork, then the child stores to a page and both read it back.
+    ForkTouch {
+        proc: usize,
+        region: usize,
+        page: u64,
+        byte: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -373,6 +421,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize).prop_map(|proc| Op::Fork { proc }),
         1 => (0..3usize).prop_map(|proc| Op::Exit { proc }),
         1 => (0..3usize, 0..2usize).prop_map(|(proc, cpu)| Op::Cpu { proc, cpu }),
+        2 => (0..3usize, -4..6i64, any::<u8>()).prop_map(|(proc, pages, byte)| Op::Brk { proc, pages, byte }),
+        1 => (0..3usize, 0..8usize, 1..5u64).prop_map(|(proc, region, pages)| Op::Mremap { proc, region, pages }),
+        2 => (0..3usize, 0..8usize, 0..6u64, any::<u8>()).prop_map(|(proc, region, page, byte)| Op::ForkTouch { proc, region, page, byte }),
     ]
 }
 
@@ -380,8 +431,11 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Debug, Default)]
 struct ModelProc {
     pid: Pid,
+    /// Pages of the mmap regions (the heap's are in `heap`).
     pages: BTreeMap<u64, (bool, u8)>,
     regions: Vec<u64>,
+    /// The heap as brk made it: `(start_brk, bytes of each page)`.
+    heap: Option<(u64, Vec<u8>)>,
 }
 
 proptest! {
@@ -492,8 +546,73 @@ proptest! {
                         let i = pick(proc);
                         sys.set_cpu(procs[i].pid, cpu).unwrap();
                     }
+                    Op::Brk { proc, pages, byte } => {
+                        // Grow or shrink the heap, check every heap page,
+                        // then write the last one.
+                        let i = pick(proc);
+                        let pid = procs[i].pid;
+                        let cur = sys.brk(pid, 0).unwrap();
+                        let (start, mut heap) = procs[i].heap.take().unwrap_or((cur, Vec::new()));
+                        prop_assert_eq!(cur, start + heap.len() as u64 * PS);
+                        let n = (heap.len() as i64 + pages).max(0) as usize;
+                        let want = start + n as u64 * PS;
+                        let got = sys.brk(pid, want).unwrap();
+                        if got == want {
+                            heap.resize(n, 0);
+                        } else {
+                            prop_assert_eq!(got, cur, "a refused brk keeps the break");
+                        }
+                        for (j, &v) in heap.iter().enumerate() {
+                            let mut b = [0u8; 1];
+                            sys.load(pid, start + j as u64 * PS + 9, &mut b).unwrap();
+                            prop_assert_eq!(b[0], v, "heap page {}", j);
+                        }
+                        if let Some(last) = heap.last_mut() {
+                            sys.store(pid, start + (n as u64 - 1) * PS + 9, &[byte]).unwrap();
+                            *last = byte;
+                        }
+                        procs[i].heap = Some((start, heap));
+                    }
+                    Op::ForkTouch { proc, region, page, byte } => {
+                        let i = pick(proc);
+                        if procs.len() >= 4 || procs[i].regions.is_empty() { continue; }
+                        let addr = procs[i].regions[region % procs[i].regions.len()] + page * PS;
+                        let Some(&(true, before)) = procs[i].pages.get(&addr) else { continue; };
+                        let pid = sys.fork(procs[i].pid).unwrap();
+                        let mut c = procs[i].clone();
+                        c.pid = pid;
+                        sys.store(pid, addr + 7, &[byte]).unwrap();
+                        c.pages.insert(addr, (true, byte));
+                        let mut b = [0u8; 1];
+                        sys.load(procs[i].pid, addr + 7, &mut b).unwrap();
+                        prop_assert_eq!(b[0], before, "the parent sees the child's write");
+                        sys.load(pid, addr + 7, &mut b).unwrap();
+                        prop_assert_eq!(b[0], byte);
+                        procs.push(c);
+                    }
+                    Op::Mremap { proc, region, pages } => {
+                        // Moves or grows the first page of a region.
+                        let i = pick(proc);
+                        if procs[i].regions.is_empty() { continue; }
+                        let old = procs[i].regions[region % procs[i].regions.len()];
+                        let r = sys.mremap(procs[i].pid, old, PS, pages * PS, 1, 0);
+                        match procs[i].pages.get(&old).copied() {
+                            None => prop_assert!(r.is_err(), "mremap of a hole: {:?}", r),
+                            Some((w, v)) => {
+                                let new = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                                procs[i].pages.remove(&old);
+                                procs[i].pages.insert(new, (w, v));
+                                for k in 1..pages {
+                                    prop_assert!(!procs[i].pages.contains_key(&(new + k * PS)) || new == old);
+                                    procs[i].pages.insert(new + k * PS, (w, 0));
+                                }
+                                procs[i].regions.push(new);
+                            }
+                        }
+                    }
                 }
                 check_rmap(&sys).map_err(TestCaseError::fail)?;
+                check_vmas_cover_ptes(&sys).map_err(TestCaseError::fail)?;
                 let live: BTreeSet<Pid> = procs.iter().map(|p| p.pid).collect();
                 prop_assert_eq!(live, sys.pids().into_iter().collect::<BTreeSet<_>>());
             }

@@ -1189,9 +1189,12 @@ fn mremap_shrinks_grows_in_place_and_moves() {
         "same size: nothing"
     );
     assert_eq!(
-        k.do_mremap(mm, 0x10_0000, PS, PS, 0, 0, &ops).unwrap(),
-        0x10_0000,
-        "Linux does not even look"
+        k.do_mremap(mm, 0x10_0000, PS, PS, 0, 0, &ops),
+        Err(KmmError::Errno {
+            errno: Errno::EFAULT,
+            what: "mremap: address not mapped"
+        }),
+        "Linux 6.x looks the address up first (5.x returned it)"
     );
     finish(k, mm, &ops);
 }
@@ -2379,6 +2382,10 @@ impl Model {
         let (old_len, new_len) = (align(old_len), align(new_len));
         if new_len == 0 {
             return Err(Errno::EINVAL);
+        }
+        // Linux 6.x: vma_lookup() first, EFAULT for an unmapped address.
+        if self.vma_at(addr).is_none() {
+            return Err(Errno::EFAULT);
         }
         if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
             if !new_addr.is_multiple_of(PS) || new_len > TASK || new_addr > TASK - new_len {

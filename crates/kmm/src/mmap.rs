@@ -2591,6 +2591,11 @@ impl<P: Platform> Kmm<P> {
         if new_len == 0 {
             return Err(errno(Errno::EINVAL, "mremap: zero new length"));
         }
+        // Linux 6.x looks the area up first: an unmapped address is EFAULT
+        // even for a shrink or a same-size call.
+        if self.vma_lookup(mm, addr)?.is_none() {
+            return Err(errno(Errno::EFAULT, "mremap: address not mapped"));
+        }
         if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
             return self.mremap_to(mm, addr, old_len, new_addr, new_len, flags, ops);
         }
