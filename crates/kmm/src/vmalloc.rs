@@ -11,11 +11,13 @@
 //! Each range is a `vmap_area` object of a slab cache of that name (kmm
 //! keeps Linux's `vm_struct` fields in the same object): start, end with the
 //! guard page, flags, the caller, the page array and the physical address
-//! of an ioremap. The busy ranges form an address-ordered list and a
-//! red-black tree (`vmap_area_root`, [`crate::rbtree`]) for lookups by
-//! address; allocation is first fit from a cached position
-//! (`free_vmap_cache`, `cached_hole_size`), as Linux did before the
-//! augmented free-space tree.
+//! of an ioremap. Every range, live or waiting for the lazy purge, is on an
+//! address-ordered list that allocation searches first fit from a cached
+//! position (`free_vmap_cache`, `cached_hole_size`, as Linux did before the
+//! augmented free-space tree); the live ones are also in a red-black tree
+//! (`vmap_area_root`, [`crate::rbtree`]) for `vfree`'s lookup by address,
+//! which lazily freed ranges leave at once (Linux moves them to its purge
+//! tree).
 //!
 //! Freeing is lazy, as in Linux: [`Kmm::vfree`] clears the PTEs and frees
 //! the pages at once, but the range stays reserved until enough lazily freed
