@@ -623,3 +623,33 @@ proptest! {
         prop_assert_eq!(k.nr_page_table_pages(), 0);
     }
 }
+
+/// `madvise(MADV_DONTFORK)` sets `VM_DONTCOPY`: the child has no such VMA
+/// and faults there; `MADV_DOFORK` undoes it. `MADV_DONTNEED` drops the
+/// pages, and the next read sees zeros.
+#[test]
+fn dontfork_and_dontneed() {
+    let m = boot("x86_64", 1 << 30, 2, 1);
+    let sys = System::new(&m);
+    let p = sys.spawn("p").unwrap();
+    let a = sys.mmap(p, 0, 4 * PS, RW, PRIVATE_ANON, -1, 0).unwrap();
+    sys.fill(p, a, 4 * PS, 9).unwrap();
+    sys.madvise(p, a, PS, 10).unwrap(); // MADV_DONTFORK on the first page
+    let c = sys.fork(p).unwrap();
+    let r = sys.load(c, a, &mut [0u8; 1]);
+    assert!(matches!(r, Err(SysError::Killed { .. })), "{r:?}");
+    let mut b = [0u8; 1];
+    let c2 = sys.fork(p).unwrap();
+    sys.load(c2, a + PS, &mut b).unwrap();
+    assert_eq!(b[0], 9, "the rest is inherited");
+    sys.madvise(p, a, PS, 11).unwrap(); // MADV_DOFORK
+    let c3 = sys.fork(p).unwrap();
+    sys.load(c3, a, &mut b).unwrap();
+    assert_eq!(b[0], 9);
+    let before = rss(&sys, p).0;
+    sys.madvise(p, a, 2 * PS, 4).unwrap(); // MADV_DONTNEED
+    assert_eq!(rss(&sys, p).0, before - 2);
+    sys.load(p, a, &mut b).unwrap();
+    assert_eq!(b[0], 0, "a dropped anonymous page reads as zero");
+    check_rmap(&sys).unwrap();
+}
