@@ -650,9 +650,6 @@ impl<'m> System<'m> {
         lock(&p.files).clear();
         self.free_mm(p.mm)?;
         k.task_free(p.task)?;
-        // Its TLB entries die with its address-space tag.
-        let asid = k.mm_asid(p.mm);
-        let _ = asid;
         Ok(())
     }
 
@@ -885,7 +882,7 @@ impl<'m> System<'m> {
         } else {
             0
         };
-        let (lo, hi) = self.map_segments(mm, inode, elf, bias, true)?;
+        let (lo, hi) = self.map_segments(mm, inode, elf, bias)?;
         let m = k.mm_struct(mm)?;
         let code = elf
             .loads()
@@ -910,7 +907,7 @@ impl<'m> System<'m> {
             // The interpreter goes top-down below mmap_base.
             let size = e.total_mapping_size(ps).next_multiple_of(ps);
             let base = k.get_unmapped_area(mm, 0, 0, size, 0, 0)?;
-            self.map_segments(mm, i, e, base, false)?;
+            self.map_segments(mm, i, e, base)?;
         }
         self.setup_stack(mm, argv, envp)?;
         Ok(())
@@ -924,7 +921,6 @@ impl<'m> System<'m> {
         inode: &Inode,
         elf: &Elf,
         bias: u64,
-        main: bool,
     ) -> Result<(u64, u64), SysError> {
         let k = self.k();
         let ps = k.page_size();
@@ -987,7 +983,6 @@ impl<'m> System<'m> {
             lo = lo.min(start);
             hi = hi.max(mem_end);
         }
-        let _ = main;
         Ok((lo, hi))
     }
 
@@ -1000,8 +995,8 @@ impl<'m> System<'m> {
         while done < data.len() {
             let at = addr + done as u64;
             let page = at & !(ps - 1);
-            let (pfn, flags) = match k.follow_pte(mm, page)? {
-                Some((pfn, f)) if f.pte_write() => (pfn, f),
+            let pfn = match k.follow_pte(mm, page)? {
+                Some((pfn, f)) if f.pte_write() => pfn,
                 _ => {
                     match k.handle_mm_fault(0, mm, page, FaultAccess::Write)? {
                         FaultResult::Minor | FaultResult::Major => {}
@@ -1009,9 +1004,9 @@ impl<'m> System<'m> {
                     }
                     k.follow_pte(mm, page)?
                         .ok_or(errno(Errno::EFAULT, "execve"))?
+                        .0
                 }
             };
-            let _ = flags;
             let n = ((ps - (at & (ps - 1))) as usize).min(data.len() - done);
             k.phys()
                 .write(k.pfn_phys(pfn) + (at & (ps - 1)), &data[done..done + n])?;
@@ -1193,7 +1188,7 @@ impl<'m> System<'m> {
             }
             out.push('\n');
             if smaps {
-                self.smaps_block(p.mm, start, end, flags, file != 0, &mut out)?;
+                self.smaps_block(p.mm, start, end, flags, &mut out)?;
             }
         }
         Ok(out)
@@ -1205,7 +1200,6 @@ impl<'m> System<'m> {
         start: u64,
         end: u64,
         flags: VmaFlags,
-        _file: bool,
         out: &mut String,
     ) -> Result<(), SysError> {
         let k = self.k();

@@ -271,7 +271,7 @@ impl<P: Platform> Kmm<P> {
         a.i_pages.store(root.rb_node, Relaxed);
         a.nrpages.fetch_add(1, Relaxed);
         a.reads.fetch_add(1, Relaxed);
-        page.set_mapping(self.address_space_tag(mapping));
+        page.set_mapping(mapping);
         page.set_index(index as u32);
         page.set_flags(PageFlags::UPTODATE);
         // One reference for the cache, one for the caller.
@@ -281,11 +281,6 @@ impl<P: Platform> Kmm<P> {
             .pgpgin
             .fetch_add(self.page_size() >> 10, Relaxed);
         Ok((pfn, true))
-    }
-
-    /// What a page-cache page keeps in `page->mapping`.
-    fn address_space_tag(&self, mapping: u64) -> u64 {
-        mapping
     }
 
     /// `->readpage`: the page's bytes from the file, zeros past its end.

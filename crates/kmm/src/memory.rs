@@ -311,9 +311,8 @@ impl<P: Platform> Kmm<P> {
     fn rss_add(&self, mm: u64, kind: usize, delta: i64) -> Result<(), KmmError> {
         let m = self.mm_struct(mm)?;
         if delta >= 0 {
-            let new = m.rss_stat[kind].fetch_add(delta as u64, Relaxed) + delta as u64;
+            m.rss_stat[kind].fetch_add(delta as u64, Relaxed);
             let total: u64 = m.rss_stat.iter().map(|c| c.load(Relaxed)).sum();
-            let _ = new;
             m.hiwater_rss.fetch_max(total, Relaxed);
         } else {
             m.rss_stat[kind].fetch_sub(delta.unsigned_abs(), Relaxed);
@@ -586,8 +585,8 @@ impl<P: Platform> Kmm<P> {
         let m = self.mm_struct(mm)?;
         let fmt = self.mm_format(m);
         let zero = self.zero_pfn();
-        self.for_each_pte(mm, old_start, old_start + len, &mut |ptep, pfn, flags| {
-            let to = new_start + (self.ptep_address_in(fmt, ptep, old_start)? - old_start);
+        self.for_each_pte(mm, old_start, old_start + len, &mut |ptep, pfn, _| {
+            let to = new_start + (self.ptep_address_in(fmt, ptep)? - old_start);
             let newp = self
                 .pte_addr(mm, to, true)?
                 .ok_or(KmmError::NotMapped { virt: to })?;
@@ -599,7 +598,6 @@ impl<P: Platform> Kmm<P> {
                 self.page_remove_rmap(page, ptep)?;
                 self.page_add_rmap(page, newp)?;
             }
-            let _ = flags;
             Ok(())
         })?;
         self.free_empty_tables(mm, old_start, old_start + len)?;
@@ -608,12 +606,12 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
-    /// The virtual address a PTE at `ptep` maps, from its table page.
-    fn ptep_address_in(
+    /// `ptep_to_address()`: the virtual address a PTE at `ptep` maps, from
+    /// its table page's `index` (the area the table covers).
+    pub(crate) fn ptep_address_in(
         &self,
         fmt: &dyn PagingFormat,
         ptep: u64,
-        _hint: u64,
     ) -> Result<u64, KmmError> {
         let table = self.phys_to_page(ptep)?;
         let idx = (ptep & (self.page_size() - 1)) / fmt.entry_size();
@@ -655,7 +653,7 @@ impl<P: Platform> Kmm<P> {
         let m = self.mm_struct(mm)?;
         let fmt = self.mm_format(m);
         self.for_each_pte(mm, start, end, &mut |ptep, pfn, flags| {
-            let addr = self.ptep_address_in(fmt, ptep, start)?;
+            let addr = self.ptep_address_in(fmt, ptep)?;
             f(addr, pfn, flags);
             Ok(())
         })
@@ -982,7 +980,7 @@ impl<P: Platform> Kmm<P> {
         let span_shift = fmt.shift(1);
         let mut cur: (u64, u64) = (u64::MAX, 0);
         self.for_each_pte(src, start, end, &mut |ptep, pfn, flags| {
-            let addr = self.ptep_address_in(fmt, ptep, start)?;
+            let addr = self.ptep_address_in(fmt, ptep)?;
             let mut f = flags;
             if cow && f.pte_write() {
                 f -= PteFlags::WRITABLE;

@@ -186,13 +186,9 @@ impl<P: Platform> Kmm<P> {
     /// virtual address of the PTE at physical address `ptep`, from the
     /// page-table page's `struct page`.
     pub fn ptep_to_mm_address(&self, ptep: u64) -> Result<(u64, u64), KmmError> {
-        let table = self.phys_to_page(ptep)?;
-        let mm = table.mapping();
+        let mm = self.phys_to_page(ptep)?.mapping();
         let mm_struct = self.mem.ram_ref::<crate::MmStruct>(mm)?;
         let fmt = self.arch.paging_formats()[mm_struct.pgd_format.load(Relaxed) as usize];
-        let es = fmt.entry_size();
-        let idx = (ptep & (self.page_size() - 1)) / es;
-        let base = u64::from(table.index()) << fmt.shift(1);
-        Ok((mm, base + (idx << fmt.shift(0))))
+        Ok((mm, self.ptep_address_in(fmt, ptep)?))
     }
 }
