@@ -147,6 +147,18 @@ pub enum TlbFlush {
     },
 }
 
+/// The host file open under `id`, or the error a read or write of a file
+/// that is not open gets.
+fn open_file(files: &[Option<HostFile>], id: u64) -> Result<&std::fs::File, KmmError> {
+    files
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .map(|f| &f.file)
+        .ok_or(KmmError::InvalidArgument {
+            what: "host file that is not open",
+        })
+}
+
 /// Flushes kept for MMUs that have not applied them yet.
 const TLB_LOG_MAX: usize = 1 << 16;
 
@@ -310,16 +322,10 @@ impl Platform for SimPlatform {
     fn file_read(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<usize, KmmError> {
         use std::os::unix::fs::FileExt;
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let f =
-            files
-                .get(file as usize)
-                .and_then(Option::as_ref)
-                .ok_or(KmmError::InvalidArgument {
-                    what: "read of a host file that is not open",
-                })?;
+        let f = open_file(&files, file)?;
         let mut done = 0;
         while done < buf.len() {
-            match f.file.read_at(&mut buf[done..], offset + done as u64) {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -335,14 +341,7 @@ impl Platform for SimPlatform {
     fn file_write(&self, file: u64, offset: u64, data: &[u8]) -> Result<(), KmmError> {
         use std::os::unix::fs::FileExt;
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let f =
-            files
-                .get(file as usize)
-                .and_then(Option::as_ref)
-                .ok_or(KmmError::InvalidArgument {
-                    what: "write of a host file that is not open",
-                })?;
-        f.file
+        open_file(&files, file)?
             .write_all_at(data, offset)
             .map_err(|_| KmmError::InvalidArgument {
                 what: "host file write failed",

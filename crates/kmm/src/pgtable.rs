@@ -282,7 +282,7 @@ fn canonical_in<F: PagingFormat + ?Sized>(fmt: &F, virt: u64) -> bool {
 /// The entry at `idx` of the table at `table`, entries being `es` bytes:
 /// one bounds check, the load inlined.
 #[inline(always)]
-fn read_entry(phys: &PhysMem, es: u64, table: u64, idx: usize) -> Result<u64, KmmError> {
+pub(crate) fn read_entry(phys: &PhysMem, es: u64, table: u64, idx: usize) -> Result<u64, KmmError> {
     let at = table + idx as u64 * es;
     if es == 4 {
         let mut b = [0u8; 4];
@@ -295,7 +295,13 @@ fn read_entry(phys: &PhysMem, es: u64, table: u64, idx: usize) -> Result<u64, Km
 
 /// Stores `raw` as the entry at `idx` of the table at `table`.
 #[inline(always)]
-fn write_entry(phys: &PhysMem, es: u64, table: u64, idx: usize, raw: u64) -> Result<(), KmmError> {
+pub(crate) fn write_entry(
+    phys: &PhysMem,
+    es: u64,
+    table: u64,
+    idx: usize,
+    raw: u64,
+) -> Result<(), KmmError> {
     let at = table + idx as u64 * es;
     if es == 4 {
         phys.write(at, &(raw as u32).to_le_bytes())

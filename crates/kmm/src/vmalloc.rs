@@ -32,7 +32,7 @@ use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::mm_types::Page;
-use crate::pgtable::{Entry, PageTable, PagingFormat, PteFlags};
+use crate::pgtable::{Entry, PageTable, PteFlags};
 use crate::platform::{preempt, Platform};
 use crate::rbtree::{rb_add, rb_erase, rb_find, RbRoot};
 use crate::slab::KmemCache;
@@ -565,7 +565,7 @@ impl<P: Platform> Kmm<P> {
         let mut table = pgd.root;
         for level in (1..fmt.levels()).rev() {
             let idx = ((virt >> fmt.shift(level)) as usize) & (fmt.entries(level) - 1);
-            let raw = self.pte_get(fmt, table, idx)?;
+            let raw = read_entry(&self.mem, fmt, table, idx)?;
             table = match fmt.decode(raw, level) {
                 Entry::Table(next) => next,
                 Entry::Leaf { .. } => return Err(KmmError::AlreadyMapped { virt }),
@@ -632,14 +632,14 @@ impl<P: Platform> Kmm<P> {
                         break 'outer;
                     }
                 };
-                if self.pte_get(fmt, table, idx)? != 0 {
+                if read_entry(&self.mem, fmt, table, idx)? != 0 {
                     result = Err(KmmError::AlreadyMapped {
                         virt: start + (i + j) * ps,
                     });
                     i += j;
                     break 'outer;
                 }
-                self.pte_set(fmt, table, idx, raw)?;
+                write_entry(&self.mem, fmt, table, idx, raw)?;
             }
             i += m;
         }
@@ -647,32 +647,6 @@ impl<P: Platform> Kmm<P> {
             self.vunmap_range(start, start + i * ps)?;
         }
         result
-    }
-
-    /// Entry `idx` of a kernel page table (8-byte entries with one bounds
-    /// check).
-    #[inline]
-    fn pte_get(&self, fmt: &dyn PagingFormat, table: u64, idx: usize) -> Result<u64, KmmError> {
-        if fmt.entry_size() == 8 {
-            self.mem.load_u64(table + idx as u64 * 8)
-        } else {
-            read_entry(&self.mem, fmt, table, idx)
-        }
-    }
-
-    #[inline]
-    fn pte_set(
-        &self,
-        fmt: &dyn PagingFormat,
-        table: u64,
-        idx: usize,
-        raw: u64,
-    ) -> Result<(), KmmError> {
-        if fmt.entry_size() == 8 {
-            self.mem.store_u64(table + idx as u64 * 8, raw)
-        } else {
-            write_entry(&self.mem, fmt, table, idx, raw)
-        }
     }
 
     /// `vunmap_range_noflush()`: clears the PTEs of `[start, end)`. The
@@ -692,7 +666,7 @@ impl<P: Platform> Kmm<P> {
             }
             if let Some(table) = self.kernel_pte_table(virt, false)? {
                 for j in 0..m {
-                    self.pte_set(fmt, table, (first + j) as usize, 0)?;
+                    write_entry(&self.mem, fmt, table, (first + j) as usize, 0)?;
                 }
             }
             virt += m * ps;

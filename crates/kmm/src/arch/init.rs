@@ -220,24 +220,20 @@ impl Builder<'_> {
     }
 }
 
-/// Reads entry `idx` of the table at physical address `table`.
+/// Reads entry `idx` of the table at physical address `table` (the entry
+/// size is the format's).
+#[inline(always)]
 pub(crate) fn read_entry(
     mem: &PhysMem,
     fmt: &dyn PagingFormat,
     table: u64,
     idx: usize,
 ) -> Result<u64, KmmError> {
-    let at = table + idx as u64 * fmt.entry_size();
-    if fmt.entry_size() == 4 {
-        let mut b = [0u8; 4];
-        mem.read(at, &mut b)?;
-        Ok(u32::from_le_bytes(b).into())
-    } else {
-        mem.read_u64(at)
-    }
+    crate::pgtable::read_entry(mem, fmt.entry_size(), table, idx)
 }
 
 /// Writes entry `idx` of the table at physical address `table` (`set_pte`).
+#[inline(always)]
 pub(crate) fn write_entry(
     mem: &PhysMem,
     fmt: &dyn PagingFormat,
@@ -245,12 +241,7 @@ pub(crate) fn write_entry(
     idx: usize,
     raw: u64,
 ) -> Result<(), KmmError> {
-    let at = table + idx as u64 * fmt.entry_size();
-    if fmt.entry_size() == 4 {
-        mem.write(at, &(raw as u32).to_le_bytes())
-    } else {
-        mem.write_u64(at, raw)
-    }
+    crate::pgtable::write_entry(mem, fmt.entry_size(), table, idx, raw)
 }
 
 /// `PAGE_KERNEL`: present, writable, global, accessed, dirty, no-execute.
