@@ -597,14 +597,14 @@ impl Cpus {
         let claimed =
             match state
                 .owner
-                .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(FREE, me, Ordering::SeqCst, Ordering::Relaxed)
             {
                 Ok(_) => true,
                 Err(LEFT_BUSY) => {
                     state.quiescent()
                         && state
                             .owner
-                            .compare_exchange(LEFT_BUSY, me, Ordering::Acquire, Ordering::Relaxed)
+                            .compare_exchange(LEFT_BUSY, me, Ordering::SeqCst, Ordering::Relaxed)
                             .is_ok()
                 }
                 Err(_) => false,
@@ -619,6 +619,16 @@ impl Cpus {
             cpu,
             _not_send: PhantomData,
         })
+    }
+
+    /// Whether a thread has bound `cpu` right now: that thread is the only
+    /// one running as the CPU. A sequentially consistent load, ordered after
+    /// the caller's own locked instructions (kmm's `LocalLock` relies on it).
+    pub fn cpu_owned(&self, cpu: usize) -> bool {
+        self.cpus
+            .get(cpu)
+            .map(|st| st.owner.load(Ordering::SeqCst))
+            .is_some_and(|o| o != FREE && o != LEFT_BUSY)
     }
 
     /// The CPU the calling thread has bound on this machine, if any.

@@ -24,6 +24,7 @@
 pub mod binfmt_elf;
 pub mod cpu;
 pub mod machine;
+pub mod membarrier;
 pub mod mmu;
 pub mod process;
 pub mod procfs;

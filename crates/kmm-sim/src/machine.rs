@@ -116,6 +116,9 @@ pub struct SimPlatform {
     /// TLB flushes the memory manager asked for, for the MMUs to apply.
     tlb_log: Mutex<std::collections::VecDeque<(u64, TlbFlush)>>,
     tlb_seq: AtomicU64,
+    /// Whether a bound thread owns its CPU exclusively (the host has
+    /// `membarrier()`; see [`crate::membarrier`]).
+    exclusive: bool,
 }
 
 /// A TLB flush the memory manager asked the machine for (what Linux sends
@@ -279,6 +282,21 @@ impl Platform for SimPlatform {
     #[inline]
     fn smp_processor_id(&self) -> usize {
         self.cpus.smp_processor_id()
+    }
+    /// A thread that bound its CPU ([`Cpus::bind`]) owns it exclusively; an
+    /// unbound thread runs as CPU 0 alongside any others and owns nothing.
+    #[inline]
+    fn this_cpu(&self) -> (usize, bool) {
+        match self.cpus.bound_cpu() {
+            Some(cpu) => (cpu, self.exclusive),
+            None => (0, false),
+        }
+    }
+    fn cpu_owned(&self, cpu: usize) -> bool {
+        self.exclusive && self.cpus.cpu_owned(cpu)
+    }
+    fn sync_cpus(&self) {
+        crate::membarrier::sync_cpus();
     }
     #[inline]
     fn preempt_count(&self) -> u32 {
@@ -536,6 +554,7 @@ impl Machine {
             files: Mutex::new(Vec::new()),
             tlb_log: Mutex::new(std::collections::VecDeque::new()),
             tlb_seq: AtomicU64::new(0),
+            exclusive: crate::membarrier::available(),
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this
         // `Machine`, which drops `kmm` (declared first) before `ram`.

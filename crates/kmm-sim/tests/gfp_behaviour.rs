@@ -389,7 +389,7 @@ fn pcp_list(k: &K, zone_of: &Alloc) -> Vec<u64> {
     let z = k.page_zone(zone_of.page(k));
     let mut v = Vec::new();
     // The order-0 list only: that is where single pages go.
-    z.pcp(0).unwrap().for_each_block(k.mem_map(), |order, pfn| {
+    k.pcp_for_each_block(z, 0, |order, pfn| {
         if order == 0 {
             v.push(pfn)
         }

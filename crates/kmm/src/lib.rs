@@ -118,6 +118,7 @@ pub mod fork;
 pub mod gfp;
 pub mod highmem;
 pub(crate) mod list;
+pub(crate) mod local_lock;
 pub mod memblock;
 pub mod memory;
 pub mod mempool;

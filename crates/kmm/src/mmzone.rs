@@ -6,9 +6,10 @@
 //! every CPU.
 
 use crate::list::ListHead;
+use crate::local_lock::LocalLock;
 use crate::mm_types::{Page, NIL};
 use crate::ram::{RamArray, RamSafe};
-use crate::spinlock::{RawSpinLock, SpinLock};
+use crate::spinlock::SpinLock;
 use crate::MAX_ORDER;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -124,7 +125,7 @@ pub const NR_PCP_LISTS: usize = 4;
 /// owning CPU takes the lock, except when another CPU drains the lists.
 #[repr(C, align(64))]
 pub struct PerCpuPages {
-    pub(crate) lock: RawSpinLock,
+    pub(crate) lock: LocalLock,
     /// `count`: pages (not blocks) on the lists.
     pub(crate) count: AtomicU32,
     /// `high`: above this many pages, a batch goes back to the buddy lists.
@@ -186,17 +187,10 @@ impl PerCpuPages {
         self.high_max.load(Relaxed)
     }
 
-    /// Read-only introspection (for tests and debugging tools): calls
-    /// `f(order, pfn)` for every block on this CPU's lists (order 0 first), hot
-    /// end (head) first.
-    ///
-    /// `mem_map` is the machine's page array ([`crate::Kmm::mem_map`]). The
-    /// list lock is held during the walk, so `f` must not call into the page
-    /// allocator. The walk stops after `mem_map.len()` pages or at a link
-    /// outside `mem_map`, so a corrupted list cannot loop forever; compare the
-    /// number of pages seen with [`Self::count`] to detect that.
-    pub fn for_each_block(&self, mem_map: &[Page], mut f: impl FnMut(u32, u64)) {
-        let _g = self.lock.lock();
+    /// Calls `f(order, pfn)` for every block on the lists, order 0 first,
+    /// hot end (head) first, without locking: the caller holds the lock
+    /// ([`crate::Kmm::pcp_for_each_block`]).
+    pub(crate) fn walk_blocks(&self, mem_map: &[Page], mut f: impl FnMut(u32, u64)) {
         for order in 0..NR_PCP_LISTS {
             walk_list(mem_map, self.heads[order].load(Relaxed), |pfn| {
                 f(order as u32, pfn)

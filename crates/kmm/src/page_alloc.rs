@@ -46,6 +46,8 @@ const ALLOC_HIGH: u32 = 0x20;
 struct AllocContext {
     /// The CPU the caller runs on (`smp_processor_id()`, looked up once).
     cpu: usize,
+    /// Whether the caller owns `cpu` exclusively ([`Platform::this_cpu`]).
+    owner: bool,
     gfp: GfpFlags,
     order: u32,
     preferred_nid: usize,
@@ -62,13 +64,15 @@ impl<P: Platform> Kmm<P> {
         gfp: GfpFlags,
         order: u32,
     ) -> Result<&Page, KmmError> {
-        self.alloc_pages_on(self.platform.smp_processor_id(), nid, gfp, order)
+        let (cpu, owner) = self.platform.this_cpu();
+        self.alloc_pages_on(cpu, owner, nid, gfp, order)
     }
 
     #[inline]
     fn alloc_pages_on(
         &self,
         cpu: usize,
+        owner: bool,
         nid: usize,
         gfp: GfpFlags,
         order: u32,
@@ -88,6 +92,7 @@ impl<P: Platform> Kmm<P> {
         }
         let ac = AllocContext {
             cpu,
+            owner,
             gfp,
             order,
             preferred_nid: nid,
@@ -118,7 +123,7 @@ impl<P: Platform> Kmm<P> {
         n: u64,
         out: &mut dyn FnMut(u64) -> Result<(), KmmError>,
     ) -> Result<u64, KmmError> {
-        let cpu = self.platform.smp_processor_id();
+        let (cpu, owner) = self.platform.this_cpu();
         let zt = gfp.validate()?;
         if nid >= self.nr_node_ids {
             return Err(KmmError::InvalidNode { nid });
@@ -137,7 +142,7 @@ impl<P: Platform> Kmm<P> {
         if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
             if self.zone_watermark_ok(zone, 0, mark, highest, ALLOC_WMARK_LOW) {
                 let map = self.mem_map();
-                let _g = pcp.lock.lock();
+                let _g = pcp.lock.lock(&self.platform, cpu, owner);
                 let mut list = pcp.list(0);
                 let mut count = pcp.count.load(Relaxed);
                 let mut result = Ok(());
@@ -173,7 +178,7 @@ impl<P: Platform> Kmm<P> {
             }
         }
         while got < n {
-            let page = self.alloc_pages_on(cpu, nid, gfp, 0)?;
+            let page = self.alloc_pages_on(cpu, owner, nid, gfp, 0)?;
             got += 1;
             out(self.page_to_pfn(page)?)?;
         }
@@ -194,13 +199,7 @@ impl<P: Platform> Kmm<P> {
         if !self.zone_watermark_ok(zone, ac.order, mark, ac.highest_zoneidx, ALLOC_WMARK_LOW) {
             return None;
         }
-        self.rmqueue_pcplist(
-            zone,
-            pcp,
-            ac.order,
-            ac.gfp,
-            nid as usize == ac.preferred_nid,
-        )
+        self.rmqueue_pcplist(zone, pcp, ac, nid as usize == ac.preferred_nid)
     }
 
     #[cold]
@@ -215,8 +214,8 @@ impl<P: Platform> Kmm<P> {
     /// `alloc_pages()`: `2^order` pages from the current CPU's node.
     #[inline]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
-        let cpu = self.platform.smp_processor_id();
-        self.alloc_pages_on(cpu, self.cpu_to_node(cpu), gfp, order)
+        let (cpu, owner) = self.platform.this_cpu();
+        self.alloc_pages_on(cpu, owner, self.cpu_to_node(cpu), gfp, order)
     }
 
     /// `alloc_page()`: one page.
@@ -336,7 +335,7 @@ impl<P: Platform> Kmm<P> {
                 }
             }
             let local = nid as usize == ac.preferred_nid;
-            if let Some(pfn) = self.rmqueue(zone, ac.cpu, ac.order, ac.gfp, local) {
+            if let Some(pfn) = self.rmqueue(zone, ac, local) {
                 return Some(pfn);
             }
         }
@@ -346,20 +345,13 @@ impl<P: Platform> Kmm<P> {
     /// `rmqueue()`: orders 0–3 from the CPU's per-CPU lists, larger orders
     /// from the buddy lists.
     #[inline]
-    fn rmqueue(
-        &self,
-        zone: &Zone,
-        cpu: usize,
-        order: u32,
-        gfp: GfpFlags,
-        local: bool,
-    ) -> Option<u32> {
-        if (order as usize) < NR_PCP_LISTS {
-            if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
-                return self.rmqueue_pcplist(zone, pcp, order, gfp, local);
+    fn rmqueue(&self, zone: &Zone, ac: &AllocContext, local: bool) -> Option<u32> {
+        if (ac.order as usize) < NR_PCP_LISTS {
+            if let Some(pcp) = zone.pcp.as_slice().get(ac.cpu) {
+                return self.rmqueue_pcplist(zone, pcp, ac, local);
             }
         }
-        self.rmqueue_buddy(zone, order, local)
+        self.rmqueue_buddy(zone, ac.order, local)
     }
 
     /// `rmqueue_pcplist()`: pops a block from the per-CPU list of its order
@@ -369,13 +361,13 @@ impl<P: Platform> Kmm<P> {
         &self,
         zone: &Zone,
         pcp: &PerCpuPages,
-        order: u32,
-        gfp: GfpFlags,
+        ac: &AllocContext,
         local: bool,
     ) -> Option<u32> {
+        let (order, gfp) = (ac.order, ac.gfp);
         let map = self.mem_map();
         let o = order as usize;
-        let _g = pcp.lock.lock();
+        let _g = pcp.lock.lock(&self.platform, ac.cpu, ac.owner);
         let mut list = pcp.list(o);
         let mut count = pcp.count.load(Relaxed);
         if list.head == NIL {
@@ -755,7 +747,9 @@ impl<P: Platform> Kmm<P> {
         }
         let zone = self.page_zone(page);
         if (order as usize) < NR_PCP_LISTS {
-            if let Some(pcp) = zone.pcp.as_slice().get(self.platform.smp_processor_id()) {
+            let (cpu, owner) = self.platform.this_cpu();
+            if let Some(pcp) = zone.pcp.as_slice().get(cpu) {
+                let _g = pcp.lock.lock(&self.platform, cpu, owner);
                 self.free_unref_page(zone, pcp, pfn as u32, order, cold);
                 return Ok(());
             }
@@ -821,7 +815,7 @@ impl<P: Platform> Kmm<P> {
     /// way). A bad page is reported and skipped; the first error is returned
     /// after every other page was handled.
     pub fn free_pages_bulk(&self, pfns: &mut dyn Iterator<Item = u64>) -> Result<(), KmmError> {
-        let cpu = self.platform.smp_processor_id();
+        let (cpu, owner) = self.platform.this_cpu();
         let map = self.mem_map();
         let mut first_err = Ok(());
         let mut batch = [0u32; 32];
@@ -841,7 +835,7 @@ impl<P: Platform> Kmm<P> {
                     }
                     return;
                 };
-                let _g = pcp.lock.lock();
+                let _g = pcp.lock.lock(&self.platform, cpu, owner);
                 let mut list = pcp.list(0);
                 let mut count = pcp.count.load(Relaxed);
                 let mut freed = 0;
@@ -906,12 +900,12 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// `free_unref_page()`: to the per-CPU list of the block's order; past
-    /// `high` pages, a batch of the coldest blocks goes back to the buddy lists.
-    #[inline]
+    /// `high` pages, a batch of the coldest blocks goes back to the buddy
+    /// lists. The caller holds the per-CPU lock.
+    #[inline(always)]
     fn free_unref_page(&self, zone: &Zone, pcp: &PerCpuPages, pfn: u32, order: u32, cold: bool) {
         let map = self.mem_map();
         let o = order as usize;
-        let _g = pcp.lock.lock();
         let mut list = pcp.list(o);
         if cold {
             list.push_back(map, pfn);
@@ -992,13 +986,32 @@ impl<P: Platform> Kmm<P> {
         fa.nr_free[order as usize] += 1;
     }
 
+    /// Read-only introspection (for tests and debugging tools): calls
+    /// `f(order, pfn)` for every block on CPU `cpu`'s lists of `zone` (order
+    /// 0 first), hot end (head) first.
+    ///
+    /// The list lock is held during the walk, so `f` must not call into the
+    /// page allocator. The walk stops after `mem_map.len()` pages or at a
+    /// link outside `mem_map`, so a corrupted list cannot loop forever;
+    /// compare the number of pages seen with [`PerCpuPages::count`] to detect
+    /// that. Nothing happens for a CPU the zone has no lists for.
+    pub fn pcp_for_each_block(&self, zone: &Zone, cpu: usize, f: impl FnMut(u32, u64)) {
+        let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
+            return;
+        };
+        let (me, owner) = self.platform.this_cpu();
+        let _g = pcp.lock.lock(&self.platform, cpu, owner && cpu == me);
+        pcp.walk_blocks(self.mem_map(), f);
+    }
+
     /// `drain_all_pages()`: empties every CPU's per-CPU lists into the buddy
     /// lists, so that their pages can merge again.
     pub fn drain_all_pages(&self) {
         self.events.pcp_drains.fetch_add(1, Relaxed);
+        let (me, owner) = self.platform.this_cpu();
         for zone in self.zones() {
-            for pcp in zone.pcp.as_slice() {
-                let _g = pcp.lock.lock();
+            for (cpu, pcp) in zone.pcp.as_slice().iter().enumerate() {
+                let _g = pcp.lock.lock(&self.platform, cpu, owner && cpu == me);
                 let left = pcp.count.load(Relaxed) - self.free_pcppages_bulk(zone, pcp, u32::MAX);
                 pcp.count.store(left, Relaxed);
             }

@@ -64,6 +64,32 @@ pub trait Platform: Sync {
     /// `smp_processor_id()`: the CPU the caller runs on, below `nr_cpu_ids`.
     fn smp_processor_id(&self) -> usize;
 
+    /// `smp_processor_id()`, and whether the calling thread is the only one
+    /// that can run as that CPU right now. When it is, the allocator touches
+    /// the CPU's own data (per-CPU page lists, slab arrays) without atomic
+    /// read-modify-writes, as Linux does with preemption disabled; other
+    /// threads then reach that data through [`Self::sync_cpus`]. The default
+    /// claims no ownership: every access takes a spin lock.
+    #[inline]
+    fn this_cpu(&self) -> (usize, bool) {
+        (self.smp_processor_id(), false)
+    }
+
+    /// Whether some thread owns `cpu` exclusively right now (see
+    /// [`Self::this_cpu`]). Must be answered with a sequentially consistent
+    /// load of whatever the owner set when it took the CPU.
+    #[inline]
+    fn cpu_owned(&self, _cpu: usize) -> bool {
+        false
+    }
+
+    /// Makes every thread that owns a CPU execute a full memory barrier
+    /// before this returns: the IPI Linux sends with `on_each_cpu()`
+    /// (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` on a host). Called
+    /// only when [`Self::cpu_owned`] answered true, so a platform that never
+    /// claims ownership need not implement it.
+    fn sync_cpus(&self) {}
+
     /// `preempt_count()` of the current CPU, in Linux's bit layout (see [`preempt`]).
     fn preempt_count(&self) -> u32;
 

@@ -96,11 +96,12 @@ use core::sync::atomic::{
 use crate::error::KmmError;
 use crate::gfp::{GfpFlags, GFP_ZONEMASK};
 use crate::list::ListHead;
+use crate::local_lock::LocalLock;
 use crate::mm::Kmm;
 use crate::mm_types::{DisplayPageFlags, Page, PageFlags, NIL};
 use crate::platform::{preempt, Platform};
 use crate::ram::{PhysMem, RamSafe};
-use crate::spinlock::{RawSpinLock, SpinLock};
+use crate::spinlock::SpinLock;
 
 /// Slots in the cache table: at most this many caches exist at once (Linux's
 /// `slab_caches` list has no limit; kmm keeps descriptors in a fixed table).
@@ -530,7 +531,7 @@ pub(crate) fn ac_stride(limit: u32) -> u64 {
 /// simulated RAM. The entries (object addresses) follow the header.
 #[repr(C, align(64))]
 pub(crate) struct ArrayCache {
-    lock: RawSpinLock,
+    lock: LocalLock,
     /// `avail`: objects on the stack.
     avail: AtomicU32,
     /// `limit`: most objects the stack holds.
@@ -1125,9 +1126,9 @@ impl<P: Platform> Kmm<P> {
             return Err(self.bad_slab_gfp(gfp));
         }
         let slot = self.slab.slot(c)?;
-        let cpu = self.platform.smp_processor_id();
+        let (cpu, owner) = self.platform.this_cpu();
         let (ac, entries) = self.cpu_array(slot, cpu)?;
-        let g = ac.lock.lock();
+        let g = ac.lock.lock(&self.platform, cpu, owner);
         let n = ac.avail.load(Relaxed);
         let obj = match n.checked_sub(1).and_then(|i| entries.get(i as usize)) {
             Some(e) => {
@@ -1192,10 +1193,10 @@ impl<P: Platform> Kmm<P> {
         gfp: GfpFlags,
     ) -> Result<u64, KmmError> {
         loop {
-            let cpu = self.platform.smp_processor_id();
+            let (cpu, owner) = self.platform.this_cpu();
             let (ac, entries) = self.cpu_array(slot, cpu)?;
             {
-                let _g = ac.lock.lock();
+                let _g = ac.lock.lock(&self.platform, cpu, owner);
                 let n = ac.avail.load(Relaxed) as usize;
                 if let Some(e) = n.checked_sub(1).and_then(|i| entries.get(i)) {
                     // Another task on this CPU refilled it meanwhile.
@@ -1466,9 +1467,9 @@ impl<P: Platform> Kmm<P> {
         if slot.debug() {
             self.free_debug(slot, c, obj, pfn, idx, caller)?;
         }
-        let cpu = self.platform.smp_processor_id();
+        let (cpu, owner) = self.platform.this_cpu();
         let (ac, entries) = self.cpu_array(slot, cpu)?;
-        let g = ac.lock.lock();
+        let g = ac.lock.lock(&self.platform, cpu, owner);
         let n = ac.avail.load(Relaxed) as usize;
         if let Some(top) = n.checked_sub(1).and_then(|i| entries.get(i)) {
             if top.load(Relaxed) == obj {
@@ -1658,9 +1659,10 @@ impl<P: Platform> Kmm<P> {
 
     /// Empties every CPU's array of a cache into its slabs (`drain_cpu_caches()`).
     fn drain_cpu_arrays(&self, slot: &CacheSlot) -> Result<(), KmmError> {
+        let (me, owner) = self.platform.this_cpu();
         for cpu in 0..self.nr_cpu_ids {
             let (ac, entries) = self.cpu_array(slot, cpu)?;
-            let _g = ac.lock.lock();
+            let _g = ac.lock.lock(&self.platform, cpu, owner && cpu == me);
             let n = (ac.avail.load(Relaxed) as usize).min(entries.len());
             let mut inner = slot.inner.lock();
             self.free_block(&mut inner, &entries[..n]);

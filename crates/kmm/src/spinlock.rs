@@ -1,10 +1,7 @@
 //! Spin locks (`include/linux/spinlock.h`).
 //!
-//! Zone locks use the `spin` crate. The per-CPU page lists live inside simulated
-//! RAM, where only atomics may be stored, so they carry a bare lock word
-//! (`RawSpinLock`).
-
-use core::sync::atomic::{AtomicU32, Ordering};
+//! Zone locks use the `spin` crate. Per-CPU data (the per-CPU page lists,
+//! slab arrays) is protected by [`crate::local_lock::LocalLock`] instead.
 
 /// How a contended lock waits: a pause hint, and with `std` a yield of the host
 /// thread, since a simulated CPU's host thread can be descheduled while holding
@@ -26,34 +23,3 @@ impl spin::RelaxStrategy for Relax {
 
 /// `spinlock_t` protecting plain Rust data.
 pub type SpinLock<T> = spin::mutex::SpinMutex<T, Relax>;
-
-/// `arch_spinlock_t`: a lock word that can live in simulated RAM.
-#[repr(transparent)]
-pub(crate) struct RawSpinLock(AtomicU32);
-
-impl RawSpinLock {
-    /// `spin_lock()`.
-    #[inline]
-    pub(crate) fn lock(&self) -> RawSpinGuard<'_> {
-        while self
-            .0
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            while self.0.load(Ordering::Relaxed) != 0 {
-                <Relax as spin::RelaxStrategy>::relax();
-            }
-        }
-        RawSpinGuard(self)
-    }
-}
-
-/// Releases the lock on drop (`spin_unlock()`).
-pub(crate) struct RawSpinGuard<'a>(&'a RawSpinLock);
-
-impl Drop for RawSpinGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.0 .0.store(0, Ordering::Release);
-    }
-}

@@ -228,7 +228,11 @@ pub fn slab(s: &SlabSettings, out: &mut dyn FnMut(&str)) -> Result<SlabReport, S
 
     let mut kmm_ns = [0.0; 4];
     let mut rival_ns = [[0.0; 6]; 4];
+    // The single-CPU pairs run as CPU 0, as a kernel thread would: the
+    // binding makes this thread the CPU's only user (see `Cpus::bind`).
+    let cpu0 = bind(Some(machine.cpus()), 0)?;
     let single = single_cpu(s, kmm, cache, &sizes, baseline, out)?;
+    drop(cpu0);
     for (p, figures) in single.iter().enumerate() {
         kmm_ns[p] = figures[0].ns;
         for (r, f) in figures[1..].iter().enumerate() {

@@ -226,7 +226,9 @@ pub fn check_frames(k: &K, allocs: &[Alloc]) -> Result<(), String> {
         for cpu in 0..k.nr_cpu_ids() {
             let Some(pcp) = z.pcp(cpu) else { continue };
             let mut pages = Vec::new();
-            pcp.for_each_block(map, |order, pfn| pages.extend(pfn..pfn + (1u64 << order)));
+            k.pcp_for_each_block(z, cpu, |order, pfn| {
+                pages.extend(pfn..pfn + (1u64 << order))
+            });
             if pages.len() != pcp.count() as usize {
                 return Err(format!(
                     "{zname} cpu {cpu}: list holds {} pages, count says {}",
