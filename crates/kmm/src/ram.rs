@@ -111,6 +111,7 @@ impl PhysMem {
         self.len == 0
     }
 
+    #[inline(always)]
     fn check(&self, phys: u64, len: usize) -> Result<*mut u8, KmmError> {
         match phys.checked_add(len as u64) {
             Some(end) if end <= self.len => {

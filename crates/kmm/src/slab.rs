@@ -850,6 +850,19 @@ enum BadPtr {
     NotObject(u32),
 }
 
+/// A slab object found from its address ([`Kmm::slab_cache_of`]).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabObject<'a> {
+    /// The cache its slab belongs to.
+    pub(crate) cache: KmemCache,
+    /// Its physical address.
+    pub(crate) phys: u64,
+    /// The frame of its slab's head page.
+    pub(crate) head_pfn: u64,
+    /// That page.
+    pub(crate) head: &'a Page,
+}
+
 /// What debug checks need about one object.
 struct Dbg {
     name: CacheName,
@@ -1460,10 +1473,46 @@ impl<P: Platform> Kmm<P> {
         caller: &'static Location<'static>,
     ) -> Result<(), KmmError> {
         let slot = self.slab.slot(c)?;
-        let (pfn, idx) = match self.obj_to_index(slot, c.tag(), obj) {
+        let found = self.virt_to_slab(obj).and_then(|(phys, head_pfn, head)| {
+            self.obj_to_index(slot, c.tag(), phys, head_pfn, head)
+        });
+        let (pfn, idx) = match found {
             Ok(v) => v,
             Err(why) => return Err(self.bad_free(slot, c, obj, why)),
         };
+        self.slab_free_index(slot, c, obj, pfn, idx, caller)
+    }
+
+    /// `kfree()` of a slab object: the slab page was found once, by
+    /// [`Self::slab_cache_of`]; the rest is [`Self::slab_free`]'s.
+    #[inline(always)]
+    pub(crate) fn slab_free_found(
+        &self,
+        found: SlabObject<'_>,
+        obj: u64,
+        caller: &'static Location<'static>,
+    ) -> Result<(), KmmError> {
+        let c = found.cache;
+        let slot = self.slab.slot(c)?;
+        let (pfn, idx) =
+            match self.obj_to_index(slot, c.tag(), found.phys, found.head_pfn, found.head) {
+                Ok(v) => v,
+                Err(why) => return Err(self.bad_free(slot, c, obj, why)),
+            };
+        self.slab_free_index(slot, c, obj, pfn, idx, caller)
+    }
+
+    /// The common tail of the frees: debug checks, then onto this CPU's array.
+    #[inline(always)]
+    fn slab_free_index(
+        &self,
+        slot: &CacheSlot,
+        c: KmemCache,
+        obj: u64,
+        pfn: u32,
+        idx: u32,
+        caller: &'static Location<'static>,
+    ) -> Result<(), KmmError> {
         if slot.debug() {
             self.free_debug(slot, c, obj, pfn, idx, caller)?;
         }
@@ -1500,10 +1549,10 @@ impl<P: Platform> Kmm<P> {
         }
     }
 
-    /// Finds the slab head and object index of `obj` (`virt_to_slab()` +
-    /// `obj_to_index()`), checking that it is an object of the cache tagged `tag`.
+    /// `virt_to_slab()`: the physical address of `obj`, the frame of the
+    /// head page of its slab and that page.
     #[inline(always)]
-    fn obj_to_index(&self, slot: &CacheSlot, tag: u64, obj: u64) -> Result<(u32, u32), BadPtr> {
+    fn virt_to_slab(&self, obj: u64) -> Result<(u64, u64, &Page), BadPtr> {
         let phys = self.arch.virt_to_phys(obj).ok_or(BadPtr::NotMapped)?;
         let map = self.mem_map();
         let pfn = phys >> self.page_shift;
@@ -1519,6 +1568,21 @@ impl<P: Platform> Kmm<P> {
         if hf & PageFlags::SLAB.bits() == 0 {
             return Err(BadPtr::NotSlab(hf));
         }
+        Ok((phys, head_pfn, head))
+    }
+
+    /// `obj_to_index()`: the object index of the object at `phys` in the
+    /// slab whose head page is `head` (frame `head_pfn`), checking that it is
+    /// an object of the cache tagged `tag`. Returns the head frame and index.
+    #[inline(always)]
+    fn obj_to_index(
+        &self,
+        slot: &CacheSlot,
+        tag: u64,
+        phys: u64,
+        head_pfn: u64,
+        head: &Page,
+    ) -> Result<(u32, u32), BadPtr> {
         let t = head.mapping();
         if t != tag {
             return Err(BadPtr::OtherCache(t));
@@ -1987,22 +2051,17 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
-    /// The cache that owns the slab object at `addr`, if `addr` lies in a slab.
+    /// The cache that owns the slab object at `addr` and where its slab
+    /// is, if `addr` lies in a slab (`virt_to_cache()`).
     #[inline(always)]
-    pub(crate) fn slab_cache_of(&self, addr: u64) -> Option<KmemCache> {
-        // The cheap part of `virt_to_page()`: `slab_free` checks the rest.
-        let phys = self.arch.virt_to_phys(addr)?;
-        let map = self.mem_map();
-        let page = map.get((phys >> self.page_shift) as usize)?;
-        let head = if page.is_tail() {
-            map.get(page.private() as usize)?
-        } else {
-            page
-        };
-        if !head.is_slab() {
-            return None;
-        }
-        KmemCache::from_tag(head.mapping())
+    pub(crate) fn slab_cache_of(&self, addr: u64) -> Option<SlabObject<'_>> {
+        let (phys, head_pfn, head) = self.virt_to_slab(addr).ok()?;
+        Some(SlabObject {
+            cache: KmemCache::from_tag(head.mapping())?,
+            phys,
+            head_pfn,
+            head,
+        })
     }
 
     /// `NR_SLAB_RECLAIMABLE`: pages of `SLAB_RECLAIM_ACCOUNT` caches.
