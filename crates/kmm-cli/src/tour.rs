@@ -495,6 +495,30 @@ fn per_cpu_lists(t: &mut Tour, m: &Machine) -> Result<(), Error> {
     t.say(format!(
         "> 1000 x alloc_page(), then 1000 x __free_page(): CPU 0's list holds {count} pages (high is {high})"
     ))?;
+    // Who may touch a CPU's lists: its owner without atomics, others through it.
+    let cpu0 = m.cpus().bind(0)?;
+    let syncs = m.platform().cpu_syncs();
+    for _ in 0..1000 {
+        let page = k.alloc_page(KERNEL)?;
+        k.__free_page(page)?;
+    }
+    m.cpus().run_on_cpu(1, || k.drain_all_pages())?;
+    let syncs = m.platform().cpu_syncs() - syncs;
+    drop(cpu0);
+    if m.platform().cpus_owned_exclusively() {
+        t.say(
+            "> this thread binds CPU 0 and so owns it: 1000 alloc_page()+__free_page() pairs take\n  \
+             CPU 0's list lock the way local_lock() does: plain stores, no atomic instruction",
+        )?;
+        t.say(format!(
+            "> on CPU 1: drain_all_pages() reaches CPU 0's lists from outside: {syncs} membarrier() call(s),\n  \
+             the IPI Linux would send, made the owner step out first"
+        ))?;
+    } else {
+        t.say(
+            "> (this host has no membarrier(): every CPU's lists are taken with a spin lock instead)",
+        )?;
+    }
     Ok(())
 }
 

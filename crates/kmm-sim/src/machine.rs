@@ -119,6 +119,8 @@ pub struct SimPlatform {
     /// Whether a bound thread owns its CPU exclusively (the host has
     /// `membarrier()`; see [`crate::membarrier`]).
     exclusive: bool,
+    /// `sync_cpus()` calls: a CPU's owned data reached from outside.
+    cpu_syncs: AtomicU64,
 }
 
 /// A TLB flush the memory manager asked the machine for (what Linux sends
@@ -179,6 +181,17 @@ impl SimPlatform {
     /// The kernel log.
     pub fn log(&self) -> &KernelLog {
         &self.log
+    }
+    /// Whether a thread that binds a CPU owns it exclusively, so the CPU's
+    /// own data (per-CPU page lists, slab arrays) is locked with plain
+    /// stores: true when the host has `membarrier()`.
+    pub fn cpus_owned_exclusively(&self) -> bool {
+        self.exclusive
+    }
+    /// How often another thread reached an owned CPU's data and made its
+    /// owner step out (`membarrier()`, the IPI Linux would send).
+    pub fn cpu_syncs(&self) -> u64 {
+        self.cpu_syncs.load(Relaxed)
     }
     /// `wakeup_kswapd()` calls seen.
     pub fn kswapd_wakeups(&self) -> u64 {
@@ -296,6 +309,7 @@ impl Platform for SimPlatform {
         self.exclusive && self.cpus.cpu_owned(cpu)
     }
     fn sync_cpus(&self) {
+        self.cpu_syncs.fetch_add(1, Relaxed);
         crate::membarrier::sync_cpus();
     }
     #[inline]
@@ -555,6 +569,7 @@ impl Machine {
             tlb_log: Mutex::new(std::collections::VecDeque::new()),
             tlb_seq: AtomicU64::new(0),
             exclusive: crate::membarrier::available(),
+            cpu_syncs: AtomicU64::new(0),
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this
         // `Machine`, which drops `kmm` (declared first) before `ram`.
