@@ -102,12 +102,19 @@ impl<P: Platform> Kmm<P> {
         // low watermark on this CPU's list. Everything else walks the zonelist.
         let pfn = match self.alloc_from_preferred(&ac) {
             Some(pfn) => pfn,
-            None => match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
-                Some(pfn) => pfn,
-                None => self.alloc_pages_slowpath(&ac)?,
-            },
+            None => self.alloc_pages_walk(ac)?,
         };
         Ok(self.prep_new_page(pfn, order, gfp))
+    }
+
+    /// The zonelist walk, then the slow path: out of line, so the fast path
+    /// keeps its allocation context in registers.
+    #[inline(never)]
+    fn alloc_pages_walk(&self, ac: AllocContext) -> Result<u32, KmmError> {
+        match self.get_page_from_freelist(&ac, ALLOC_WMARK_LOW) {
+            Some(pfn) => Ok(pfn),
+            None => self.alloc_pages_slowpath(&ac),
+        }
     }
 
     /// `alloc_pages_bulk()`: `n` order-0 pages on node `nid`, handed one by
