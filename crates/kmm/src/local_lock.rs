@@ -63,20 +63,40 @@ impl LocalLock {
     }
 
     /// The lock as taken from another CPU (or by a thread that does not own
-    /// `cpu`): the spin lock, then the owner is made to leave.
-    #[inline(never)]
+    /// `cpu`): the spin lock, then the owner, if any, is made to leave. On a
+    /// platform that never claims ownership this is a plain spin lock.
+    #[inline]
     pub(crate) fn lock_remote<P: Platform>(&self, platform: &P, cpu: usize) -> LocalGuard<'_> {
         self.spin_remote();
         if platform.cpu_owned(cpu) {
-            platform.sync_cpus();
-            while self.local.load(Ordering::Acquire) != 0 {
-                core::hint::spin_loop();
-            }
+            self.wait_for_owner(platform);
         }
         LocalGuard(&self.remote)
     }
 
+    #[cold]
+    #[inline(never)]
+    fn wait_for_owner<P: Platform>(&self, platform: &P) {
+        platform.sync_cpus();
+        while self.local.load(Ordering::Acquire) != 0 {
+            core::hint::spin_loop();
+        }
+    }
+
+    #[inline]
     fn spin_remote(&self) {
+        if self
+            .remote
+            .compare_exchange_weak(0, 1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            self.spin_remote_contended();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spin_remote_contended(&self) {
         while self
             .remote
             .compare_exchange_weak(0, 1, Ordering::SeqCst, Ordering::Relaxed)
