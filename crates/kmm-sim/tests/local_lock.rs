@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use kmm::{GfpFlags, SlabFlags};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 const ROUNDS: u64 = 30_000;
 
@@ -30,6 +30,7 @@ fn owner_unbound_thread_and_remote_drains_share_cpu0_lists() {
     k.drain_all_pages();
     let before = buddyinfo(k);
     let stop = AtomicBool::new(false);
+    let (owned, drains) = (AtomicBool::new(false), AtomicU64::new(0));
     let gfp = GfpFlags::GFP_KERNEL;
 
     // Allocates and frees pages (orders 0–3) and objects, holding up to 16 of
@@ -65,7 +66,12 @@ fn owner_unbound_thread_and_remote_drains_share_cpu0_lists() {
     std::thread::scope(|s| {
         let owner = s.spawn(|| {
             let _cpu0 = m.cpus().bind(0).unwrap();
+            owned.store(true, Relaxed);
             worker(1);
+            // Stay CPU 0's owner until a drain has reached it from outside.
+            while drains.load(Relaxed) == 0 {
+                std::thread::yield_now();
+            }
         });
         let unbound = s.spawn(|| {
             assert_eq!(m.cpus().bound_cpu(), None);
@@ -73,9 +79,13 @@ fn owner_unbound_thread_and_remote_drains_share_cpu0_lists() {
         });
         s.spawn(|| {
             let _cpu1 = m.cpus().bind(1).unwrap();
+            while !owned.load(Relaxed) {
+                std::thread::yield_now();
+            }
             while !stop.load(Relaxed) {
                 k.drain_all_pages();
                 k.kmem_cache_shrink(cache).unwrap();
+                drains.fetch_add(1, Relaxed);
                 std::thread::yield_now();
             }
         });
@@ -90,9 +100,11 @@ fn owner_unbound_thread_and_remote_drains_share_cpu0_lists() {
             "the drains and the unbound thread reached CPU 0's data through its owner"
         );
     }
+    // Objects still in per-CPU arrays count as active (as in SLAB's
+    // slabinfo): empty the arrays first.
+    k.kmem_cache_shrink(cache).unwrap();
     let info = k.kmem_cache_info(cache).unwrap();
     assert_eq!(info.active_objs, 0, "every object came back");
-    k.kmem_cache_shrink(cache).unwrap();
     k.drain_all_pages();
     assert_eq!(buddyinfo(k), before, "every page came back and merged");
     k.kmem_cache_destroy(cache).unwrap();
