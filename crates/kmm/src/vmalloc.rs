@@ -32,7 +32,7 @@ use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::mm_types::Page;
-use crate::pgtable::{Entry, PageTable, PteFlags};
+use crate::pgtable::{Entry, PageTable, PteFlags, PteRange};
 use crate::platform::{preempt, Platform};
 use crate::rbtree::{rb_add, rb_erase, rb_find, RbRoot};
 use crate::slab::KmemCache;
@@ -557,9 +557,24 @@ impl<P: Platform> Kmm<P> {
     // ------------------------------------------------- kernel page table
 
     /// The PTE table covering kernel address `virt`, allocated (with the
-    /// tables above it) when missing (`pte_alloc_kernel`).
+    /// tables above it) when missing (`pte_alloc_kernel`): a walk without
+    /// the lock when the tables exist (they are never freed), and only when
+    /// one is missing `init_mm.page_table_lock` and a second walk that
+    /// allocates (`__pte_alloc_kernel`).
     fn kernel_pte_table(&self, virt: u64, alloc: bool) -> Result<Option<u64>, KmmError> {
         let pgd = self.kernel_pgd()?;
+        match pgd.pte_table(self, virt)? {
+            Some(table) => Ok(Some(table)),
+            None if !alloc => Ok(None),
+            None => self.kernel_pte_alloc(pgd, virt).map(Some),
+        }
+    }
+
+    /// `__pte_alloc_kernel()` and the levels above: under
+    /// `init_mm.page_table_lock`, fills every missing table on the way to
+    /// the PTE table of `virt` with a zeroed page.
+    #[cold]
+    fn kernel_pte_alloc(&self, pgd: &PageTable, virt: u64) -> Result<u64, KmmError> {
         let fmt = pgd.fmt;
         let _g = self.vm.pt_lock.lock();
         let mut table = pgd.root;
@@ -569,7 +584,6 @@ impl<P: Platform> Kmm<P> {
             table = match fmt.decode(raw, level) {
                 Entry::Table(next) => next,
                 Entry::Leaf { .. } => return Err(KmmError::AlreadyMapped { virt }),
-                Entry::None if !alloc => return Ok(None),
                 Entry::None => {
                     let new = self.__pa(self.get_zeroed_page(GfpFlags::GFP_KERNEL)?)?;
                     let raw = fmt
@@ -584,67 +598,70 @@ impl<P: Platform> Kmm<P> {
                 }
             };
         }
-        Ok(Some(table))
+        Ok(table)
+    }
+
+    /// The runs of PTEs `[start, start + n pages)` covers, one per PTE
+    /// table: `f(first page, run)` with the table found (or, with `alloc`,
+    /// made) once per run. A run whose table is missing (without `alloc`)
+    /// is skipped. Stops at the first error, returning it with the number
+    /// of pages before the run that failed.
+    fn for_each_pte_run(
+        &self,
+        start: u64,
+        n: u64,
+        alloc: bool,
+        f: &mut impl FnMut(u64, PteRange) -> (usize, Result<(), KmmError>),
+    ) -> (u64, Result<(), KmmError>) {
+        let pgd = match self.kernel_pgd() {
+            Ok(p) => p,
+            Err(e) => return (0, Err(e)),
+        };
+        let ps = self.page_size();
+        let per_table = pgd.fmt.entries(0) as u64;
+        let mut i = 0;
+        while i < n {
+            let virt = start + i * ps;
+            let first = (virt >> self.page_shift) & (per_table - 1);
+            let m = (per_table - first).min(n - i);
+            match self.kernel_pte_table(virt, alloc) {
+                Ok(Some(table)) => {
+                    let run = PteRange {
+                        table,
+                        first: first as usize,
+                        count: m as usize,
+                        virt,
+                    };
+                    let (done, r) = f(i, run);
+                    if r.is_err() {
+                        return (i + done as u64, r);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return (i, Err(e)),
+            }
+            i += m;
+        }
+        (n, Ok(()))
     }
 
     /// `vmap_pages_range()`: maps `n` pages at `start`, the `i`th at
-    /// physical address `phys(i)`. On failure nothing stays mapped.
+    /// physical address `phys(i)`, walking to each PTE table once and
+    /// filling its run with [`PageTable::set_ptes`]. On failure nothing
+    /// stays mapped.
     fn vmap_range(
         &self,
         start: u64,
         n: u64,
         prot: PteFlags,
-        phys: &mut dyn FnMut(u64) -> Result<u64, KmmError>,
+        mut phys: impl FnMut(u64) -> Result<u64, KmmError>,
     ) -> Result<(), KmmError> {
         let pgd = self.kernel_pgd()?;
-        let fmt = pgd.fmt;
-        let flags = (prot | PteFlags::PRESENT) & fmt.supported_flags();
-        let ps = self.page_size();
-        let per_table = fmt.entries(0) as u64;
-        let mut i = 0;
-        let mut result = Ok(());
-        'outer: while i < n {
-            let virt = start + i * ps;
-            let table = match self.kernel_pte_table(virt, true) {
-                Ok(Some(t)) => t,
-                Ok(None) => unreachable!("allocating walk"),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            let first = (virt >> fmt.shift(0)) & (per_table - 1);
-            let m = (per_table - first).min(n - i);
-            for j in 0..m {
-                let idx = (first + j) as usize;
-                let step = phys(i + j).and_then(|p| {
-                    fmt.encode_leaf(p, flags, 0)
-                        .ok_or(KmmError::InvalidAddress {
-                            addr: p,
-                            what: "physical address beyond the page-table format's reach",
-                        })
-                });
-                let raw = match step {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        result = Err(e);
-                        i += j;
-                        break 'outer;
-                    }
-                };
-                if read_entry(&self.mem, fmt, table, idx)? != 0 {
-                    result = Err(KmmError::AlreadyMapped {
-                        virt: start + (i + j) * ps,
-                    });
-                    i += j;
-                    break 'outer;
-                }
-                write_entry(&self.mem, fmt, table, idx, raw)?;
-            }
-            i += m;
-        }
+        let (done, result) = self.for_each_pte_run(start, n, true, &mut |i, run| {
+            pgd.set_ptes(self, run, prot, |j| phys(i + j as u64))
+        });
         if result.is_err() {
-            self.vunmap_range(start, start + i * ps)?;
+            self.vunmap_range(start, start + done * self.page_size())?;
         }
         result
     }
@@ -654,24 +671,11 @@ impl<P: Platform> Kmm<P> {
     /// flush is the caller's.
     fn vunmap_range(&self, start: u64, end: u64) -> Result<(), KmmError> {
         let pgd = self.kernel_pgd()?;
-        let fmt = pgd.fmt;
-        let ps = self.page_size();
-        let per_table = fmt.entries(0) as u64;
-        let mut virt = start;
-        while virt < end {
-            let first = (virt >> fmt.shift(0)) & (per_table - 1);
-            let m = (per_table - first).min((end - virt) / ps);
-            if m == 0 {
-                break;
-            }
-            if let Some(table) = self.kernel_pte_table(virt, false)? {
-                for j in 0..m {
-                    write_entry(&self.mem, fmt, table, (first + j) as usize, 0)?;
-                }
-            }
-            virt += m * ps;
-        }
-        Ok(())
+        let n = end.saturating_sub(start) >> self.page_shift;
+        self.for_each_pte_run(start, n, false, &mut |_, run| {
+            (run.count, pgd.clear_ptes(self, run))
+        })
+        .1
     }
 
     /// `set_pte_at(&init_mm, ...)` / `pte_clear()` of one kernel page whose
@@ -986,6 +990,15 @@ impl<P: Platform> Kmm<P> {
         let array_bytes = (nr_pages * 8) as usize;
         let array = self.kmalloc(array_bytes, GfpFlags::GFP_KERNEL)?;
         let array_phys = self.__pa(array)?;
+        // The array as RAM words (kmalloc objects are 8-byte aligned): one
+        // bounds check for all of it.
+        let slots = match self.page_array(array_phys, nr_pages) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.kfree(array);
+                return Err(e);
+            }
+        };
         let zone_asked = gfp.intersects(GfpFlags::__GFP_DMA | GfpFlags::__GFP_DMA32);
         let page_gfp = if low_only || zone_asked || self.arch.max_lowmem.is_none() {
             gfp
@@ -993,14 +1006,17 @@ impl<P: Platform> Kmm<P> {
             gfp | GfpFlags::__GFP_HIGHMEM
         };
         // alloc_pages_bulk_array_node(): the pages in one go, into the array.
-        let mut got = 0;
+        let mut got = 0usize;
         let mut result = self
             .alloc_pages_bulk(
                 nid,
                 page_gfp | GfpFlags::__GFP_NOWARN,
                 nr_pages,
                 &mut |pfn| {
-                    self.mem.store_u64(array_phys + got * 8, pfn)?;
+                    let slot = slots.get(got).ok_or(KmmError::InvalidArgument {
+                        what: "alloc_pages_bulk handed out more pages than asked",
+                    })?;
+                    slot.store(pfn.to_le(), Relaxed);
                     got += 1;
                     Ok(())
                 },
@@ -1008,12 +1024,17 @@ impl<P: Platform> Kmm<P> {
             .map(drop);
         if result.is_ok() {
             let shift = self.page_shift;
-            result = self.vmap_range(start, nr_pages, PAGE_KERNEL, &mut |i| {
-                Ok(self.mem.load_u64(array_phys + i * 8)? << shift)
+            result = self.vmap_range(start, nr_pages, PAGE_KERNEL, |i| {
+                slots
+                    .get(i as usize)
+                    .map(|s| u64::from_le(s.load(Relaxed)) << shift)
+                    .ok_or(KmmError::InvalidArgument {
+                        what: "page array shorter than the area",
+                    })
             });
         }
         if result.is_err() {
-            self.free_page_array(array_phys, got);
+            self.free_page_array(array_phys, got as u64);
             let _ = self.kfree(array);
             return result;
         }
@@ -1027,10 +1048,17 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
+    /// The page array (`vm_struct->pages`) of `n` frame numbers at
+    /// `array_phys`, as RAM words.
+    fn page_array(&self, array_phys: u64, n: u64) -> Result<&[AtomicU64], KmmError> {
+        self.mem.ram_slice::<AtomicU64>(array_phys, n as usize)
+    }
+
+    /// Frees the first `n` pages of the page array at `array_phys`.
     fn free_page_array(&self, array_phys: u64, n: u64) {
-        let _ = self.free_pages_bulk(
-            &mut (0..n).filter_map(|i| self.mem.load_u64(array_phys + i * 8).ok()),
-        );
+        if let Ok(slots) = self.page_array(array_phys, n) {
+            let _ = self.free_pages_bulk(&mut slots.iter().map(|s| u64::from_le(s.load(Relaxed))));
+        }
     }
 
     /// `vfree()`: unmaps and frees what [`Self::vmalloc`] returned (the TLB
@@ -1075,7 +1103,7 @@ impl<P: Platform> Kmm<P> {
         let start = self.va_get(va, VA_START);
         let prot = if prot.is_empty() { PAGE_KERNEL } else { prot };
         let shift = self.page_shift;
-        if let Err(e) = self.vmap_range(start, n, prot, &mut |i| Ok(pfns[i as usize] << shift)) {
+        if let Err(e) = self.vmap_range(start, n, prot, |i| Ok(pfns[i as usize] << shift)) {
             self.free_vmap_area_lazy(va);
             return Err(e);
         }
@@ -1239,7 +1267,7 @@ impl<P: Platform> Kmm<P> {
         let start = self.va_get(va, VA_START);
         self.va_set(va, VA_PHYS, base);
         let prot = PAGE_KERNEL | cache;
-        if let Err(e) = self.vmap_range(start, n, prot, &mut |i| Ok(base + i * ps)) {
+        if let Err(e) = self.vmap_range(start, n, prot, |i| Ok(base + i * ps)) {
             self.free_vmap_area_lazy(va);
             return Err(e);
         }
