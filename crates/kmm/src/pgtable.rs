@@ -486,7 +486,7 @@ fn set_ptes_in<F: PagingFormat + ?Sized>(
 ) -> (usize, Result<(), KmmError>) {
     let flags = (flags | PteFlags::PRESENT) & fmt.supported_flags();
     let page = 1u64 << fmt.shift(0);
-    let leaf = |j: usize, frame: &mut dyn FnMut(usize) -> Result<u64, KmmError>| {
+    let mut leaf = |j: usize| {
         let p = frame(j)?;
         fmt.encode_leaf(p, flags, 0)
             .ok_or(KmmError::InvalidAddress {
@@ -510,7 +510,7 @@ fn set_ptes_in<F: PagingFormat + ?Sized>(
             if slot.load(Relaxed) != 0 {
                 return (j, Err(taken(j)));
             }
-            match leaf(j, frame) {
+            match leaf(j) {
                 Ok(raw) => slot.store(raw.to_le(), Relaxed),
                 Err(e) => return (j, Err(e)),
             }
@@ -523,7 +523,7 @@ fn set_ptes_in<F: PagingFormat + ?Sized>(
                 if old != 0 {
                     return Err(taken(j));
                 }
-                write_entry(phys, es, r.table, idx, leaf(j, frame)?)
+                write_entry(phys, es, r.table, idx, leaf(j)?)
             });
             if let Err(e) = step {
                 return (j, Err(e));

@@ -352,7 +352,9 @@ impl<P: Platform> Kmm<P> {
         let mut free = None;
         for (i, c) in l.callers.iter().enumerate() {
             match c {
-                Some(k) if k.1 == key.1 && k.0 == key.0 => return i as u64,
+                Some(k) if k.1 == key.1 && (core::ptr::eq(k.0, key.0) || k.0 == key.0) => {
+                    return i as u64
+                }
                 None if free.is_none() => free = Some(i),
                 _ => {}
             }
