@@ -1926,3 +1926,274 @@ proptest! {
         run_ops("x86", G, &ops)?;
     }
 }
+
+// -------------------------------------------------------------------- pools
+
+/// `lazy_max_pages()` of a 2-CPU machine with 4K pages: 32 MiB of pages
+/// times `fls(2)`.
+const LAZY_MAX_2CPUS: u64 = (32 << 20) / PS * 2;
+
+/// On a 64-bit machine with more than one CPU, the automatic purge keeps
+/// small purged ranges in the pool of their size (Linux's `vmap_node`
+/// pools): the next request of that size takes one back, address and all;
+/// pooled ranges are in no listing; `vm_unmap_aliases` gives them back to
+/// the free space. On x86 (one `vmap_node`) nothing is pooled.
+#[test]
+fn purged_ranges_are_pooled_by_size() {
+    for arch in ["x86_64", "x86"] {
+        let m = boot(arch, if arch == "x86" { 2 * G } else { 256 * M }, 2, 1);
+        let k = m.kmm();
+        warm_up(k);
+        let free0 = settled_free(k);
+        let a = k.vmalloc(PS).unwrap();
+        let keep = k.vmalloc(3 * PS).unwrap();
+        k.vfree(a).unwrap();
+        // Not reused before the purge, pool or not.
+        let b = k.vmalloc(PS).unwrap();
+        assert_ne!(b, a, "{arch}");
+        k.vfree(b).unwrap();
+        // A big range over lazy_max_pages sets off the purge (one flush);
+        // x86's vmalloc area is too small for it, so it purges by hand
+        // there, which gives everything back anyway.
+        let purges = k.vmap_purges();
+        if arch == "x86_64" {
+            let big = k
+                .get_vm_area(LAZY_MAX_2CPUS * PS, VmFlags::VM_IOREMAP)
+                .unwrap();
+            k.free_vm_area(big.addr).unwrap();
+        } else {
+            k.vm_unmap_aliases();
+        }
+        assert_eq!(k.vmap_purges(), purges + 1, "{arch}");
+        // Only the busy range is listed: pooled ranges are free.
+        assert_eq!(
+            areas(k).iter().map(|v| v.addr).collect::<Vec<_>>(),
+            [keep],
+            "{arch}"
+        );
+        assert_eq!(vmallocinfo(&m).lines().count(), 1, "{arch}");
+        let c = k.vmalloc(PS).unwrap();
+        let d = k.vmalloc(PS).unwrap();
+        if arch == "x86_64" {
+            // The pool is a stack filled from the purge list, most recently
+            // freed first: the oldest purged range comes back first.
+            assert_eq!((c, d), (a, b), "{arch}: pooled ranges reused");
+        }
+        // Whatever the source, the guard page stays unmapped and a
+        // 3-page pool hands nothing to a 1-page request.
+        for x in [c, d] {
+            assert!(k.vmalloc_to_pfn(x).is_ok());
+            assert!(k.vmalloc_to_pfn(x + PS).is_err(), "{arch}: guard mapped");
+            assert_eq!(k.find_vm_area(x).unwrap().size, 2 * PS);
+        }
+        for x in [c, d, keep] {
+            k.vfree(x).unwrap();
+        }
+        k.vm_unmap_aliases();
+        assert!(areas(k).is_empty(), "{arch}");
+        assert_eq!(settled_free(k), free0, "{arch}: pooled objects freed");
+        // Everything given back: allocation starts over at VMALLOC_START.
+        let f = k.vmalloc(PS).unwrap();
+        assert_eq!(f, k.kernel_layout().vmalloc_start, "{arch}");
+        k.vfree(f).unwrap();
+    }
+}
+
+#[derive(Clone, Debug)]
+enum PoolOp {
+    /// get_vm_area of this many pages (the guard page comes on top).
+    Get(u64),
+    /// vmalloc of this many pages.
+    Vmalloc(u64),
+    /// Frees the live range at this index (modulo their number).
+    Free(usize),
+    /// vm_unmap_aliases().
+    Unmap,
+}
+
+fn pool_op() -> impl Strategy<Value = PoolOp> {
+    prop_oneof![
+        // Few distinct small sizes, so pools get hit.
+        20 => (1u64..=4).prop_map(PoolOp::Get),
+        10 => (1u64..=4).prop_map(PoolOp::Vmalloc),
+        // Sizes at the pools' limit (256 pages with the guard) and above.
+        5 => (250u64..=260).prop_map(PoolOp::Get),
+        // Big ranges: never pooled, they push the purge list over
+        // lazy_max_pages every few frees.
+        5 => (3000u64..=9000).prop_map(PoolOp::Get),
+        36 => any::<usize>().prop_map(PoolOp::Free),
+        1 => Just(PoolOp::Unmap),
+    ]
+}
+
+/// The reference model of the purge list and the pools: ranges are
+/// `(start, size in pages with the guard)`.
+#[derive(Default)]
+struct PoolModel {
+    /// Busy ranges: start -> (pages, vmalloc'd pages or 0).
+    live: BTreeMap<u64, (u64, u64)>,
+    /// The purge list, in the order the ranges were freed.
+    lazy: Vec<(u64, u64)>,
+    lazy_pages: u64,
+    /// Pools by size, each a stack (the last element is taken first).
+    pools: BTreeMap<u64, Vec<u64>>,
+    purges: u64,
+}
+
+impl PoolModel {
+    /// `__purge_vmap_area_lazy()`: decay (a quarter of each pool, or all),
+    /// then the purge list into the pools (most recently freed first).
+    fn purge(&mut self, full: bool) {
+        for pool in self.pools.values_mut() {
+            let decay = if full { pool.len() } else { pool.len() / 4 };
+            pool.truncate(pool.len() - decay);
+        }
+        if self.lazy.is_empty() {
+            return;
+        }
+        self.purges += 1;
+        for (start, pages) in self.lazy.drain(..).rev() {
+            if !full && pages <= 256 {
+                self.pools.entry(pages).or_default().push(start);
+            }
+        }
+        self.lazy_pages = 0;
+    }
+
+    fn reserved(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.live.iter().map(|(&a, &(p, _))| (a, p)).collect();
+        v.extend(self.lazy.iter().copied());
+        for (&pages, pool) in &self.pools {
+            v.extend(pool.iter().map(|&a| (a, pages)));
+        }
+        v
+    }
+}
+
+/// Random reservations, vmallocs and frees on a 2-CPU x86_64 machine,
+/// checked step by step against [`PoolModel`]: pool hits return exactly the
+/// range the model predicts, a new range overlaps nothing busy, lazily
+/// freed or pooled, the listing is exactly the busy and lazily freed
+/// ranges, purges happen exactly when `lazy_max_pages()` is passed (one
+/// flush each), guard pages stay unmapped; at the end everything is given
+/// back.
+fn run_pool_ops(ops: &[PoolOp]) -> Result<(), TestCaseError> {
+    let m = boot("x86_64", 256 * M, 2, 1);
+    let k = m.kmm();
+    warm_up(k);
+    let free0 = settled_free(k);
+    let tables0 = k.kernel_page_table_pages();
+    let purges0 = k.vmap_purges();
+    let mut md = PoolModel::default();
+    for o in ops {
+        match *o {
+            PoolOp::Get(n) | PoolOp::Vmalloc(n) => {
+                let vm = matches!(o, PoolOp::Vmalloc(_));
+                let pages = n + 1;
+                let addr = if vm {
+                    k.vmalloc(n * PS).unwrap()
+                } else {
+                    k.get_vm_area(n * PS, VmFlags::VM_IOREMAP).unwrap().addr
+                };
+                let expect = md.pools.get_mut(&pages).and_then(|p| p.pop());
+                if let Some(want) = expect {
+                    prop_assert_eq!(addr, want, "pool of {} pages", pages);
+                } else {
+                    let end = addr + pages * PS;
+                    for (a, p) in md.reserved() {
+                        prop_assert!(
+                            end <= a || a + p * PS <= addr,
+                            "{:#x}+{} pages overlaps {:#x}+{}",
+                            addr,
+                            pages,
+                            a,
+                            p
+                        );
+                    }
+                }
+                let v = k.find_vm_area(addr).unwrap();
+                prop_assert_eq!(v.size, pages * PS);
+                prop_assert!(k.vmalloc_to_pfn(addr + n * PS).is_err(), "guard mapped");
+                if vm {
+                    prop_assert!(k.vmalloc_to_pfn(addr + (n - 1) * PS).is_ok());
+                }
+                md.live.insert(addr, (pages, if vm { n } else { 0 }));
+            }
+            PoolOp::Free(i) => {
+                if md.live.is_empty() {
+                    continue;
+                }
+                let addr = *md.live.keys().nth(i % md.live.len()).unwrap();
+                let (pages, vm) = md.live.remove(&addr).unwrap();
+                if vm != 0 {
+                    k.vfree(addr).unwrap();
+                } else {
+                    k.free_vm_area(addr).unwrap();
+                }
+                md.lazy.push((addr, pages));
+                md.lazy_pages += pages;
+                if md.lazy_pages > LAZY_MAX_2CPUS {
+                    md.purge(false);
+                }
+            }
+            PoolOp::Unmap => {
+                k.vm_unmap_aliases();
+                md.purge(true);
+            }
+        }
+        // The listing: busy and lazily freed ranges, in address order.
+        let all = areas(k);
+        for w in all.windows(2) {
+            prop_assert!(
+                w[0].addr + w[0].size <= w[1].addr,
+                "{:x?} / {:x?}",
+                w[0],
+                w[1]
+            );
+        }
+        let got: Vec<(u64, u64, bool)> =
+            all.iter().map(|a| (a.addr, a.size / PS, a.lazy)).collect();
+        let mut want: Vec<(u64, u64, bool)> = md
+            .live
+            .iter()
+            .map(|(&a, &(p, _))| (a, p, false))
+            .chain(md.lazy.iter().map(|&(a, p)| (a, p, true)))
+            .collect();
+        want.sort();
+        prop_assert_eq!(got, want);
+        // Pooled ranges are reserved: nothing listed overlaps them.
+        for (&pages, pool) in &md.pools {
+            for &a in pool {
+                for v in &all {
+                    prop_assert!(a + pages * PS <= v.addr || v.addr + v.size <= a);
+                }
+            }
+        }
+        prop_assert_eq!(k.vmap_purges() - purges0, md.purges);
+        let used: u64 = md.live.values().map(|&(_, vm)| vm).sum();
+        prop_assert_eq!(k.vmalloc_nr_pages(), used);
+    }
+    for (&addr, &(_, vm)) in &md.live {
+        if vm != 0 {
+            k.vfree(addr).unwrap();
+        } else {
+            k.free_vm_area(addr).unwrap();
+        }
+    }
+    k.vm_unmap_aliases();
+    prop_assert!(areas(k).is_empty());
+    // Kernel page tables made for new vmalloc ranges stay, as in Linux.
+    let tables = k.kernel_page_table_pages() - tables0;
+    prop_assert_eq!(settled_free(k) + tables, free0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The purge list and the pools against a reference model.
+    #[test]
+    fn random_pool_reuse_x86_64(ops in prop::collection::vec(pool_op(), 1..400)) {
+        run_pool_ops(&ops)?;
+    }
+}

@@ -33,7 +33,7 @@ use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::platform::Platform;
 use crate::ram::PhysMem;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Deepest paging hierarchy any format has (five-level x86_64).
 pub const MAX_LEVELS: usize = 5;
@@ -452,6 +452,111 @@ fn mark_in<F: PagingFormat + ?Sized, P: Platform>(
     translation_in(fmt, virt, leaf, raw)
 }
 
+/// `PageTable::pte_table` for a format given as a type: the walk over the
+/// levels above the PTEs, reading one entry per level.
+#[inline(always)]
+fn pte_table_in<F: PagingFormat + ?Sized>(
+    fmt: &F,
+    root: u64,
+    phys: &PhysMem,
+    virt: u64,
+) -> Result<Option<u64>, KmmError> {
+    let es = fmt.entry_size();
+    let mut table = root;
+    for level in (1..fmt.levels()).rev() {
+        let idx = ((virt >> fmt.shift(level)) as usize) & (fmt.entries(level) - 1);
+        table = match fmt.decode(read_entry(phys, es, table, idx)?, level) {
+            Entry::Table(next) => next,
+            Entry::None => return Ok(None),
+            Entry::Leaf { .. } => return Err(KmmError::AlreadyMapped { virt }),
+        };
+    }
+    Ok(Some(table))
+}
+
+/// `PageTable::set_ptes` for a format given as a type. Returns how many
+/// entries were set, and the error that stopped it, if any.
+#[inline(always)]
+fn set_ptes_in<F: PagingFormat + ?Sized>(
+    fmt: &F,
+    phys: &PhysMem,
+    r: PteRange,
+    flags: PteFlags,
+    frame: &mut impl FnMut(usize) -> Result<u64, KmmError>,
+) -> (usize, Result<(), KmmError>) {
+    let flags = (flags | PteFlags::PRESENT) & fmt.supported_flags();
+    let page = 1u64 << fmt.shift(0);
+    let mut leaf = |j: usize| {
+        let p = frame(j)?;
+        fmt.encode_leaf(p, flags, 0)
+            .ok_or(KmmError::InvalidAddress {
+                addr: p,
+                what: "physical address beyond the page-table format's reach",
+            })
+    };
+    let taken = |j: usize| KmmError::AlreadyMapped {
+        virt: r.virt.wrapping_add(j as u64 * page),
+    };
+    if r.first + r.count > fmt.entries(0) {
+        return (0, Err(r.out_of_table()));
+    }
+    if fmt.entry_size() == 8 {
+        // One bounds check for the run; the entries are plain stores.
+        let slots = match phys.ram_slice::<AtomicU64>(r.table + r.first as u64 * 8, r.count) {
+            Ok(s) => s,
+            Err(e) => return (0, Err(e)),
+        };
+        for (j, slot) in slots.iter().enumerate() {
+            if slot.load(Relaxed) != 0 {
+                return (j, Err(taken(j)));
+            }
+            match leaf(j) {
+                Ok(raw) => slot.store(raw.to_le(), Relaxed),
+                Err(e) => return (j, Err(e)),
+            }
+        }
+    } else {
+        let es = fmt.entry_size();
+        for j in 0..r.count {
+            let idx = r.first + j;
+            let step = read_entry(phys, es, r.table, idx).and_then(|old| {
+                if old != 0 {
+                    return Err(taken(j));
+                }
+                write_entry(phys, es, r.table, idx, leaf(j)?)
+            });
+            if let Err(e) = step {
+                return (j, Err(e));
+            }
+        }
+    }
+    (r.count, Ok(()))
+}
+
+/// A run of entries of one PTE table: `count` entries from index `first`
+/// of the table at physical address `table`, the first one mapping `virt`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PteRange {
+    /// Physical address of the PTE table.
+    pub(crate) table: u64,
+    /// Index of the first entry.
+    pub(crate) first: usize,
+    /// Number of entries.
+    pub(crate) count: usize,
+    /// Virtual address the first entry maps (for error reports).
+    pub(crate) virt: u64,
+}
+
+impl PteRange {
+    #[cold]
+    fn out_of_table(&self) -> KmmError {
+        KmmError::InvalidAddress {
+            addr: self.virt,
+            what: "PTE run past the end of its table",
+        }
+    }
+}
+
 impl<P: Platform> Kmm<P> {
     /// `pgd_alloc()`: a new, empty page table of format `fmt` (take one from
     /// [`crate::Arch::paging_formats`]).
@@ -702,6 +807,55 @@ impl PageTable {
             }
         }
         result
+    }
+
+    /// `pte_offset_kernel()` after the `pgd`/`p4d`/`pud`/`pmd_offset()`
+    /// walk: the physical address of the PTE table covering `virt`, or
+    /// `None` when a level above has no table yet. A large page on the way
+    /// is [`KmmError::AlreadyMapped`]. Reads one entry per level and changes
+    /// nothing.
+    pub(crate) fn pte_table<P: Platform>(
+        &self,
+        k: &Kmm<P>,
+        virt: u64,
+    ) -> Result<Option<u64>, KmmError> {
+        with_format!(self.fmt, f => pte_table_in(f, self.root, k.phys(), virt))
+    }
+
+    /// `set_ptes()` / `vmap_pages_pte_range()`: fills the run `r` of one PTE
+    /// table, entry `j` mapping the frame at physical address `frame(j)`
+    /// with `flags` (plus present). Every entry must be empty. The table is
+    /// found once by the caller and bounds-checked once here, so a run costs
+    /// a store per page. Returns how many entries were set and the error
+    /// (an entry already in use, a bad frame) that stopped the run early.
+    pub(crate) fn set_ptes<P: Platform>(
+        &self,
+        k: &Kmm<P>,
+        r: PteRange,
+        flags: PteFlags,
+        mut frame: impl FnMut(usize) -> Result<u64, KmmError>,
+    ) -> (usize, Result<(), KmmError>) {
+        with_format!(self.fmt, f => set_ptes_in(f, k.phys(), r, flags, &mut frame))
+    }
+
+    /// `vunmap_pte_range()` / `pte_clear()` of a run: empties the run `r` of
+    /// one PTE table (the TLB flush is the caller's).
+    pub(crate) fn clear_ptes<P: Platform>(&self, k: &Kmm<P>, r: PteRange) -> Result<(), KmmError> {
+        let (phys, es) = (k.phys(), self.fmt.entry_size());
+        if r.first + r.count > self.fmt.entries(0) {
+            return Err(r.out_of_table());
+        }
+        if es == 8 {
+            let slots = phys.ram_slice::<AtomicU64>(r.table + r.first as u64 * 8, r.count)?;
+            for slot in slots {
+                slot.store(0, Relaxed);
+            }
+            return Ok(());
+        }
+        for idx in r.first..r.first + r.count {
+            write_entry(phys, es, r.table, idx, 0)?;
+        }
+        Ok(())
     }
 
     /// `follow_pte` / a software page walk: the translation of `virt`, or

@@ -2,37 +2,48 @@
 //!
 //! The vmalloc area `[VMALLOC_START, VMALLOC_END)` of the kernel page table
 //! is handed out in page-aligned ranges, each followed by an unmapped guard
-//! page. [`Kmm::vmalloc`] takes its pages one at a time from the page
-//! allocator (from `ZONE_HIGHMEM` where the machine has it: nothing needs
-//! them directly mapped) and maps them into consecutive PTEs;
-//! [`Kmm::vmap`] maps pages the caller already has; [`Kmm::ioremap`] maps
-//! device memory without allocating anything, uncached.
+//! page. [`Kmm::vmalloc`] takes its pages from the page allocator in one
+//! bulk call (from `ZONE_HIGHMEM` where the machine has it: nothing needs
+//! them directly mapped) and maps them into consecutive PTEs, walking to
+//! each PTE table once per run of entries; [`Kmm::vmap`] maps pages the
+//! caller already has; [`Kmm::ioremap`] maps device memory without
+//! allocating anything, uncached.
 //!
 //! Each range is a `vmap_area` object of a slab cache of that name (kmm
 //! keeps Linux's `vm_struct` fields in the same object): start, end with the
 //! guard page, flags, the caller, the page array and the physical address
-//! of an ioremap. Every range, live or waiting for the lazy purge, is on an
-//! address-ordered list that allocation searches first fit from a cached
-//! position (`free_vmap_cache`, `cached_hole_size`, as Linux did before the
-//! augmented free-space tree); the live ones are also in a red-black tree
-//! (`vmap_area_root`, [`crate::rbtree`]) for `vfree`'s lookup by address,
-//! which lazily freed ranges leave at once (Linux moves them to its purge
-//! tree).
+//! of an ioremap. Every range, live, waiting for the lazy purge or pooled,
+//! is on an address-ordered list that allocation searches first fit from a
+//! cached position (`free_vmap_cache`, `cached_hole_size`, as Linux did
+//! before the augmented free-space tree); the live ones are also in a
+//! red-black tree (`vmap_area_root`, [`crate::rbtree`]) for `vfree`'s lookup
+//! by address, which lazily freed ranges leave at once for the purge list
+//! (Linux's `vn->lazy`).
 //!
 //! Freeing is lazy, as in Linux: [`Kmm::vfree`] clears the PTEs and frees
-//! the pages at once, but the range stays reserved until enough lazily freed
-//! pages pile up (`lazy_max_pages()`); then one `flush_tlb_kernel_range()`
-//! over all of them ([`crate::Platform::flush_tlb_kernel_range`]) makes every
-//! CPU forget the old translations and the ranges become free. A range is
-//! therefore never reused while some CPU may still translate it.
-//! [`Kmm::vm_unmap_aliases`] forces the flush.
+//! the pages at once, but the range stays reserved on the purge list until
+//! enough lazily freed pages pile up (`lazy_max_pages()`); then one
+//! `flush_tlb_kernel_range()` over the span of the purge list
+//! ([`crate::Platform::flush_tlb_kernel_range`]) makes every CPU forget the
+//! old translations and the ranges become free. A range is therefore never
+//! reused while some CPU may still translate it. [`Kmm::vm_unmap_aliases`]
+//! forces the flush.
+//!
+//! As in Linux since 6.9 (its `vmap_node` pools, which exist on 64-bit
+//! machines with more than one CPU), a purged range of up to
+//! `MAX_VA_SIZE_PAGES` pages is not given back to the free space but kept,
+//! object and address, in the pool of its size; the next request of that
+//! size over the whole vmalloc area takes it without a search or a new
+//! object. Each purge first gives a quarter of every pool back (the decay);
+//! an allocation that finds no room, and `vm_unmap_aliases`, give back all
+//! of them.
 
 use crate::arch::init::{read_entry, write_entry, DirectPages, KernelLayout, PAGE_KERNEL};
 use crate::error::KmmError;
 use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::mm_types::Page;
-use crate::pgtable::{Entry, PageTable, PteFlags};
+use crate::pgtable::{Entry, PageTable, PteFlags, PteRange};
 use crate::platform::{preempt, Platform};
 use crate::rbtree::{rb_add, rb_erase, rb_find, RbRoot};
 use crate::slab::KmemCache;
@@ -67,7 +78,11 @@ bitflags::bitflags! {
 /// `fls(num_online_cpus())`, before the TLB flush and purge.
 const LAZY_MAX_BYTES: u64 = 32 << 20;
 
-// The `vmap_area` object (64 bytes in RAM). Links are physical addresses.
+/// `MAX_VA_SIZE_PAGES`: ranges of up to this many pages (guard included)
+/// go to the pool of their size when purged.
+const MAX_VA_SIZE_PAGES: usize = 256;
+
+// The `vmap_area` object (96 bytes in RAM). Links are physical addresses.
 const VA_START: u64 = 0;
 const VA_END: u64 = 8;
 const VA_NEXT: u64 = 16;
@@ -80,14 +95,19 @@ const VA_PAGES_CALLER: u64 = 40;
 const VA_PAGES: u64 = 48;
 /// `vm_struct->phys_addr` of an ioremap.
 const VA_PHYS: u64 = 56;
+/// The next area of the purge list or of a pool (`va->list` while the
+/// area is lazily freed or pooled), or 0.
+const VA_LINK: u64 = 64;
 /// The `rb_node` of the busy tree (`vmap_area_root`), keyed by start.
-const VA_RB: u64 = 64;
-const VA_SIZE: usize = 64 + crate::rbtree::RB_NODE_SIZE as usize;
+const VA_RB: u64 = 72;
+const VA_SIZE: usize = 72 + crate::rbtree::RB_NODE_SIZE as usize;
 const VA_LAZY: u64 = 1 << 32;
 /// Bit 33: being torn down (found by no lookup, not yet lazy).
 const VA_FREEING: u64 = 1 << 33;
 /// Bit 34: in the busy tree (live areas only).
 const VA_IN_TREE: u64 = 1 << 34;
+/// Bit 35: purged and kept in the pool of its size for reuse.
+const VA_POOLED: u64 = 1 << 35;
 
 /// What `vcopy` hands each piece: the physical address and writability of
 /// the page (`None` when unmapped) and the byte range of the buffer.
@@ -145,7 +165,28 @@ struct VmapList {
     cached_align: u64,
     /// `vmap_lazy_nr`: pages in lazily freed ranges.
     lazy_pages: u64,
+    /// The purge list (`vn->lazy`): lazily freed areas, linked by
+    /// `VA_LINK`, and the span `[lazy_lo, lazy_hi)` they cover.
+    lazy_head: u64,
+    lazy_lo: u64,
+    lazy_hi: u64,
+    /// `vn->pool[]`: purged areas by size (`pool[i]` holds areas of `i + 1`
+    /// pages, guard included), linked by `VA_LINK`, most recent first.
+    pools: [VaPool; MAX_VA_SIZE_PAGES],
+    /// Areas in all the pools.
+    pooled: u64,
     callers: [Option<(&'static str, u32)>; MAX_CALLERS],
+}
+
+/// One pool of purged areas of one size (`struct vmap_pool`).
+#[derive(Clone, Copy)]
+struct VaPool {
+    head: u64,
+    len: u64,
+}
+
+impl VaPool {
+    const EMPTY: VaPool = VaPool { head: 0, len: 0 };
 }
 
 /// The vmalloc allocator and the kernel page table (`init_mm`).
@@ -181,6 +222,11 @@ impl VmallocState {
                 cached_vstart: 0,
                 cached_align: 0,
                 lazy_pages: 0,
+                lazy_head: 0,
+                lazy_lo: u64::MAX,
+                lazy_hi: 0,
+                pools: [VaPool::EMPTY; MAX_VA_SIZE_PAGES],
+                pooled: 0,
                 callers: [None; MAX_CALLERS],
             }),
             pt_lock: SpinLock::new(()),
@@ -306,7 +352,9 @@ impl<P: Platform> Kmm<P> {
         let mut free = None;
         for (i, c) in l.callers.iter().enumerate() {
             match c {
-                Some(k) if *k == key => return i as u64,
+                Some(k) if k.1 == key.1 && (core::ptr::eq(k.0, key.0) || k.0 == key.0) => {
+                    return i as u64
+                }
                 None if free.is_none() => free = Some(i),
                 _ => {}
             }
@@ -324,32 +372,35 @@ impl<P: Platform> Kmm<P> {
 
     /// `alloc_vmap_area()`: reserves `req.size` bytes (guard page included)
     /// in `[vstart, vend)`; returns the new `vmap_area` (physical address).
+    /// A purged area of the right size from the pools (`node_alloc()`)
+    /// comes first; else a new object and the first-fit search.
     fn alloc_vmap_area(&self, req: &AreaRequest, vstart: u64, vend: u64) -> Result<u64, KmmError> {
         let cache = self.va_cache()?;
+        if let Some(va) = self.pool_alloc(req, vstart, vend) {
+            return Ok(va);
+        }
         let obj = self.kmem_cache_alloc(cache, GfpFlags::GFP_KERNEL)?;
         let va = self.__pa(obj)?;
         let mut purged = false;
         loop {
             let mut l = self.vm.list.lock();
             if let Some((addr, prev)) = self.find_hole(&mut l, req.size, req.align, vstart, vend) {
-                let caller = Self::caller_id(&mut l, req.caller);
                 self.va_set(va, VA_START, addr);
                 self.va_set(va, VA_END, addr + req.size);
-                self.va_set(va, VA_FLAGS, u64::from(req.flags.bits()));
-                self.va_set(va, VA_PAGES_CALLER, caller << 32);
-                self.va_set(va, VA_PAGES, 0);
-                self.va_set(va, VA_PHYS, 0);
+                self.va_set(va, VA_LINK, 0);
                 self.link_after(&mut l, va, prev);
+                self.va_setup(&mut l, va, req);
                 l.hint = va;
                 return Ok(va);
             }
-            let lazy = l.lazy_pages;
+            let reclaimable = l.lazy_pages != 0 || l.pooled != 0;
             drop(l);
-            if purged || lazy == 0 {
+            if purged || !reclaimable {
                 break;
             }
-            // overflow: purge the lazily freed ranges and search again.
-            self.purge_vmap_area_lazy();
+            // overflow: purge the lazily freed ranges, give the pooled ones
+            // back too (a full decay) and search again.
+            self.purge_vmap_area_lazy(true);
             purged = true;
         }
         let _ = self.kmem_cache_free(cache, obj);
@@ -361,6 +412,58 @@ impl<P: Platform> Kmm<P> {
             order: 0,
             gfp: GfpFlags::GFP_KERNEL,
         })
+    }
+
+    /// Fills in what a new busy area is (`setup_vmalloc_vm()`) and puts it
+    /// in the busy tree.
+    fn va_setup(&self, l: &mut VmapList, va: u64, req: &AreaRequest) {
+        let caller = Self::caller_id(l, req.caller);
+        self.va_set(va, VA_FLAGS, u64::from(req.flags.bits()));
+        self.va_set(va, VA_PAGES_CALLER, caller << 32);
+        self.va_set(va, VA_PAGES, 0);
+        self.va_set(va, VA_PHYS, 0);
+        self.busy_insert(l, va);
+    }
+
+    /// Whether purged areas are pooled for reuse: Linux keeps pools in its
+    /// `vmap_node`s, which exist on 64-bit machines with more than one CPU
+    /// (with a single node it always goes to the free space).
+    fn vmap_pools(&self) -> bool {
+        self.arch.bits == 64 && self.nr_cpu_ids > 1
+    }
+
+    /// `node_alloc()` / `node_pool_del_va()`: the most recently purged area
+    /// of exactly `req.size` bytes, if the request is for the whole vmalloc
+    /// area and the area has the alignment asked for.
+    fn pool_alloc(&self, req: &AreaRequest, vstart: u64, vend: u64) -> Option<u64> {
+        let lay = &self.vm.layout;
+        if !self.vmap_pools() || vstart != lay.vmalloc_start || vend != lay.vmalloc_end {
+            return None;
+        }
+        let idx = ((req.size >> self.page_shift) as usize).checked_sub(1)?;
+        let mut l = self.vm.list.lock();
+        let pool = l.pools.get(idx)?;
+        let va = pool.head;
+        if va == 0 {
+            return None;
+        }
+        let start = self.va_get(va, VA_START);
+        let end = self.va_get(va, VA_END);
+        if !start.is_multiple_of(req.align)
+            || end - start != req.size
+            || start < vstart
+            || end > vend
+        {
+            return None;
+        }
+        let next = self.va_get(va, VA_LINK);
+        let pool = &mut l.pools[idx];
+        pool.head = next;
+        pool.len -= 1;
+        l.pooled -= 1;
+        self.va_set(va, VA_LINK, 0);
+        self.va_setup(&mut l, va, req);
+        Some(va)
     }
 
     /// First fit from the cached position, else from the start.
@@ -424,18 +527,22 @@ impl<P: Platform> Kmm<P> {
         self.mem.load_u64(node - VA_RB + VA_START)
     }
 
+    /// `insert_vmap_area()`: puts `va` into the busy tree, keyed by start.
+    fn busy_insert(&self, l: &mut VmapList, va: u64) {
+        let _ = crate::rbtree::rb_clear_node(&self.mem, va + VA_RB);
+        let _ = rb_add(&self.mem, va + VA_RB, &mut l.root, |n| self.rb_key(n));
+        let f = self.va_get(va, VA_FLAGS);
+        self.va_set(va, VA_FLAGS, f | VA_IN_TREE);
+    }
+
     /// Links `va` into the address-ordered list after `prev` (0: first),
-    /// the place [`Self::find_hole`] found, and into the busy tree.
+    /// the place [`Self::find_hole`] found.
     fn link_after(&self, l: &mut VmapList, va: u64, prev: u64) {
         let next = if prev != 0 {
             self.va_get(prev, VA_NEXT)
         } else {
             l.head
         };
-        let _ = crate::rbtree::rb_clear_node(&self.mem, va + VA_RB);
-        let _ = rb_add(&self.mem, va + VA_RB, &mut l.root, |n| self.rb_key(n));
-        let f = self.va_get(va, VA_FLAGS);
-        self.va_set(va, VA_FLAGS, f | VA_IN_TREE);
         self.va_set(va, VA_PREV, prev);
         self.va_set(va, VA_NEXT, next);
         if prev != 0 {
@@ -494,72 +601,134 @@ impl<P: Platform> Kmm<P> {
         (LAZY_MAX_BYTES >> self.page_shift) * fls
     }
 
-    /// `free_vmap_area_noflush()`: the range waits for the lazy purge.
+    /// `free_vmap_area_noflush()`: the range waits for the lazy purge on
+    /// the purge list.
     fn free_vmap_area_lazy(&self, va: u64) {
-        let pages = (self.va_get(va, VA_END) - self.va_get(va, VA_START)) >> self.page_shift;
+        let start = self.va_get(va, VA_START);
+        let end = self.va_get(va, VA_END);
+        let pages = (end - start) >> self.page_shift;
         let over = {
             let mut l = self.vm.list.lock();
             self.untree(&mut l, va);
             let flags = self.va_get(va, VA_FLAGS) & !VA_FREEING;
             self.va_set(va, VA_FLAGS, flags | VA_LAZY);
+            self.va_set(va, VA_LINK, l.lazy_head);
+            l.lazy_head = va;
+            l.lazy_lo = l.lazy_lo.min(start);
+            l.lazy_hi = l.lazy_hi.max(end);
             l.lazy_pages += pages;
             l.lazy_pages > self.lazy_max_pages()
         };
         if over {
-            self.purge_vmap_area_lazy();
+            self.purge_vmap_area_lazy(false);
         }
     }
 
-    /// `__purge_vmap_area_lazy()` / `vm_unmap_aliases()`: one
-    /// `flush_tlb_kernel_range()` over every lazily freed range, then the
-    /// ranges become free.
-    fn purge_vmap_area_lazy(&self) {
+    /// `__purge_vmap_area_lazy()`: first the pools decay (a quarter of each
+    /// goes back to the free space, or all of them with `full_decay`), then
+    /// one `flush_tlb_kernel_range()` over the span of the purge list, after
+    /// which its ranges are free: each goes to the pool of its size (with
+    /// pools, and without `full_decay`) or back to the free space. Only the
+    /// purge list and the pools are walked, never the busy areas.
+    fn purge_vmap_area_lazy(&self, full_decay: bool) {
         let cache = match self.va_cache() {
             Ok(c) => c,
             Err(_) => return,
         };
-        let mut l = self.vm.list.lock();
-        if l.lazy_pages == 0 {
-            return;
-        }
-        let (mut lo, mut hi) = (u64::MAX, 0);
-        let mut va = l.head;
-        while va != 0 {
-            if self.va_get(va, VA_FLAGS) & VA_LAZY != 0 {
-                lo = lo.min(self.va_get(va, VA_START));
-                hi = hi.max(self.va_get(va, VA_END));
-            }
-            va = self.va_get(va, VA_NEXT);
-        }
-        // The flush comes first: no CPU may translate a range once it is free.
-        self.platform.flush_tlb_kernel_range(lo, hi);
-        self.vm.purges.fetch_add(1, Relaxed);
-        let mut va = l.head;
-        while va != 0 {
-            let next = self.va_get(va, VA_NEXT);
-            if self.va_get(va, VA_FLAGS) & VA_LAZY != 0 {
-                self.unlink(&mut l, va);
-                if let Ok(obj) = self.__va(va) {
-                    let _ = self.kmem_cache_free(cache, obj);
+        let pools = self.vmap_pools() && !full_decay;
+        // Areas going back to the free space, linked by VA_LINK: their
+        // objects are freed after the lock is dropped.
+        let mut gone = 0u64;
+        {
+            let mut l = self.vm.list.lock();
+            if l.pooled != 0 {
+                for i in 0..MAX_VA_SIZE_PAGES {
+                    let len = l.pools[i].len;
+                    let decay = if full_decay { len } else { len >> 2 };
+                    for _ in 0..decay {
+                        let va = l.pools[i].head;
+                        if va == 0 {
+                            break;
+                        }
+                        l.pools[i].head = self.va_get(va, VA_LINK);
+                        l.pools[i].len -= 1;
+                        l.pooled -= 1;
+                        self.unlink(&mut l, va);
+                        self.va_set(va, VA_LINK, gone);
+                        gone = va;
+                    }
                 }
             }
-            va = next;
+            if l.lazy_head != 0 {
+                // The flush comes first: no CPU may translate a range once
+                // it is free.
+                self.platform.flush_tlb_kernel_range(l.lazy_lo, l.lazy_hi);
+                self.vm.purges.fetch_add(1, Relaxed);
+                let mut va = core::mem::take(&mut l.lazy_head);
+                while va != 0 {
+                    let next = self.va_get(va, VA_LINK);
+                    let flags = self.va_get(va, VA_FLAGS) & !VA_LAZY;
+                    let (start, end) = (self.va_get(va, VA_START), self.va_get(va, VA_END));
+                    let idx = ((end - start) >> self.page_shift) as usize;
+                    if pools && (1..=MAX_VA_SIZE_PAGES).contains(&idx) {
+                        self.va_set(va, VA_FLAGS, flags | VA_POOLED);
+                        let pool = &mut l.pools[idx - 1];
+                        self.va_set(va, VA_LINK, pool.head);
+                        pool.head = va;
+                        pool.len += 1;
+                        l.pooled += 1;
+                    } else {
+                        self.va_set(va, VA_FLAGS, flags);
+                        self.unlink(&mut l, va);
+                        self.va_set(va, VA_LINK, gone);
+                        gone = va;
+                    }
+                    va = next;
+                }
+                l.lazy_pages = 0;
+                l.lazy_lo = u64::MAX;
+                l.lazy_hi = 0;
+            }
         }
-        l.lazy_pages = 0;
+        while gone != 0 {
+            let next = self.va_get(gone, VA_LINK);
+            if let Ok(obj) = self.__va(gone) {
+                let _ = self.kmem_cache_free(cache, obj);
+            }
+            gone = next;
+        }
     }
 
     /// `vm_unmap_aliases()`: flushes the TLBs of every lazily freed range
-    /// now, so no CPU keeps a translation of memory `vfree` gave back.
+    /// now, so no CPU keeps a translation of memory `vfree` gave back. kmm
+    /// also gives every pooled range back to the free space (the full
+    /// decay Linux does when an allocation finds no room), so that
+    /// afterwards the vmalloc area holds exactly its busy ranges.
     pub fn vm_unmap_aliases(&self) {
-        self.purge_vmap_area_lazy();
+        self.purge_vmap_area_lazy(true);
     }
 
     // ------------------------------------------------- kernel page table
 
     /// The PTE table covering kernel address `virt`, allocated (with the
-    /// tables above it) when missing (`pte_alloc_kernel`).
+    /// tables above it) when missing (`pte_alloc_kernel`): a walk without
+    /// the lock when the tables exist (they are never freed), and only when
+    /// one is missing `init_mm.page_table_lock` and a second walk that
+    /// allocates (`__pte_alloc_kernel`).
     fn kernel_pte_table(&self, virt: u64, alloc: bool) -> Result<Option<u64>, KmmError> {
         let pgd = self.kernel_pgd()?;
+        match pgd.pte_table(self, virt)? {
+            Some(table) => Ok(Some(table)),
+            None if !alloc => Ok(None),
+            None => self.kernel_pte_alloc(pgd, virt).map(Some),
+        }
+    }
+
+    /// `__pte_alloc_kernel()` and the levels above: under
+    /// `init_mm.page_table_lock`, fills every missing table on the way to
+    /// the PTE table of `virt` with a zeroed page.
+    #[cold]
+    fn kernel_pte_alloc(&self, pgd: &PageTable, virt: u64) -> Result<u64, KmmError> {
         let fmt = pgd.fmt;
         let _g = self.vm.pt_lock.lock();
         let mut table = pgd.root;
@@ -569,7 +738,6 @@ impl<P: Platform> Kmm<P> {
             table = match fmt.decode(raw, level) {
                 Entry::Table(next) => next,
                 Entry::Leaf { .. } => return Err(KmmError::AlreadyMapped { virt }),
-                Entry::None if !alloc => return Ok(None),
                 Entry::None => {
                     let new = self.__pa(self.get_zeroed_page(GfpFlags::GFP_KERNEL)?)?;
                     let raw = fmt
@@ -584,67 +752,70 @@ impl<P: Platform> Kmm<P> {
                 }
             };
         }
-        Ok(Some(table))
+        Ok(table)
+    }
+
+    /// The runs of PTEs `[start, start + n pages)` covers, one per PTE
+    /// table: `f(first page, run)` with the table found (or, with `alloc`,
+    /// made) once per run. A run whose table is missing (without `alloc`)
+    /// is skipped. Stops at the first error, returning it with the number
+    /// of pages before the run that failed.
+    fn for_each_pte_run(
+        &self,
+        start: u64,
+        n: u64,
+        alloc: bool,
+        f: &mut impl FnMut(u64, PteRange) -> (usize, Result<(), KmmError>),
+    ) -> (u64, Result<(), KmmError>) {
+        let pgd = match self.kernel_pgd() {
+            Ok(p) => p,
+            Err(e) => return (0, Err(e)),
+        };
+        let ps = self.page_size();
+        let per_table = pgd.fmt.entries(0) as u64;
+        let mut i = 0;
+        while i < n {
+            let virt = start + i * ps;
+            let first = (virt >> self.page_shift) & (per_table - 1);
+            let m = (per_table - first).min(n - i);
+            match self.kernel_pte_table(virt, alloc) {
+                Ok(Some(table)) => {
+                    let run = PteRange {
+                        table,
+                        first: first as usize,
+                        count: m as usize,
+                        virt,
+                    };
+                    let (done, r) = f(i, run);
+                    if r.is_err() {
+                        return (i + done as u64, r);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return (i, Err(e)),
+            }
+            i += m;
+        }
+        (n, Ok(()))
     }
 
     /// `vmap_pages_range()`: maps `n` pages at `start`, the `i`th at
-    /// physical address `phys(i)`. On failure nothing stays mapped.
+    /// physical address `phys(i)`, walking to each PTE table once and
+    /// filling its run with [`PageTable::set_ptes`]. On failure nothing
+    /// stays mapped.
     fn vmap_range(
         &self,
         start: u64,
         n: u64,
         prot: PteFlags,
-        phys: &mut dyn FnMut(u64) -> Result<u64, KmmError>,
+        mut phys: impl FnMut(u64) -> Result<u64, KmmError>,
     ) -> Result<(), KmmError> {
         let pgd = self.kernel_pgd()?;
-        let fmt = pgd.fmt;
-        let flags = (prot | PteFlags::PRESENT) & fmt.supported_flags();
-        let ps = self.page_size();
-        let per_table = fmt.entries(0) as u64;
-        let mut i = 0;
-        let mut result = Ok(());
-        'outer: while i < n {
-            let virt = start + i * ps;
-            let table = match self.kernel_pte_table(virt, true) {
-                Ok(Some(t)) => t,
-                Ok(None) => unreachable!("allocating walk"),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            let first = (virt >> fmt.shift(0)) & (per_table - 1);
-            let m = (per_table - first).min(n - i);
-            for j in 0..m {
-                let idx = (first + j) as usize;
-                let step = phys(i + j).and_then(|p| {
-                    fmt.encode_leaf(p, flags, 0)
-                        .ok_or(KmmError::InvalidAddress {
-                            addr: p,
-                            what: "physical address beyond the page-table format's reach",
-                        })
-                });
-                let raw = match step {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        result = Err(e);
-                        i += j;
-                        break 'outer;
-                    }
-                };
-                if read_entry(&self.mem, fmt, table, idx)? != 0 {
-                    result = Err(KmmError::AlreadyMapped {
-                        virt: start + (i + j) * ps,
-                    });
-                    i += j;
-                    break 'outer;
-                }
-                write_entry(&self.mem, fmt, table, idx, raw)?;
-            }
-            i += m;
-        }
+        let (done, result) = self.for_each_pte_run(start, n, true, &mut |i, run| {
+            pgd.set_ptes(self, run, prot, |j| phys(i + j as u64))
+        });
         if result.is_err() {
-            self.vunmap_range(start, start + i * ps)?;
+            self.vunmap_range(start, start + done * self.page_size())?;
         }
         result
     }
@@ -654,24 +825,11 @@ impl<P: Platform> Kmm<P> {
     /// flush is the caller's.
     fn vunmap_range(&self, start: u64, end: u64) -> Result<(), KmmError> {
         let pgd = self.kernel_pgd()?;
-        let fmt = pgd.fmt;
-        let ps = self.page_size();
-        let per_table = fmt.entries(0) as u64;
-        let mut virt = start;
-        while virt < end {
-            let first = (virt >> fmt.shift(0)) & (per_table - 1);
-            let m = (per_table - first).min((end - virt) / ps);
-            if m == 0 {
-                break;
-            }
-            if let Some(table) = self.kernel_pte_table(virt, false)? {
-                for j in 0..m {
-                    write_entry(&self.mem, fmt, table, (first + j) as usize, 0)?;
-                }
-            }
-            virt += m * ps;
-        }
-        Ok(())
+        let n = end.saturating_sub(start) >> self.page_shift;
+        self.for_each_pte_run(start, n, false, &mut |_, run| {
+            (run.count, pgd.clear_ptes(self, run))
+        })
+        .1
     }
 
     /// `set_pte_at(&init_mm, ...)` / `pte_clear()` of one kernel page whose
@@ -986,6 +1144,15 @@ impl<P: Platform> Kmm<P> {
         let array_bytes = (nr_pages * 8) as usize;
         let array = self.kmalloc(array_bytes, GfpFlags::GFP_KERNEL)?;
         let array_phys = self.__pa(array)?;
+        // The array as RAM words (kmalloc objects are 8-byte aligned): one
+        // bounds check for all of it.
+        let slots = match self.page_array(array_phys, nr_pages) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.kfree(array);
+                return Err(e);
+            }
+        };
         let zone_asked = gfp.intersects(GfpFlags::__GFP_DMA | GfpFlags::__GFP_DMA32);
         let page_gfp = if low_only || zone_asked || self.arch.max_lowmem.is_none() {
             gfp
@@ -993,14 +1160,17 @@ impl<P: Platform> Kmm<P> {
             gfp | GfpFlags::__GFP_HIGHMEM
         };
         // alloc_pages_bulk_array_node(): the pages in one go, into the array.
-        let mut got = 0;
+        let mut got = 0usize;
         let mut result = self
             .alloc_pages_bulk(
                 nid,
                 page_gfp | GfpFlags::__GFP_NOWARN,
                 nr_pages,
                 &mut |pfn| {
-                    self.mem.store_u64(array_phys + got * 8, pfn)?;
+                    let slot = slots.get(got).ok_or(KmmError::InvalidArgument {
+                        what: "alloc_pages_bulk handed out more pages than asked",
+                    })?;
+                    slot.store(pfn.to_le(), Relaxed);
                     got += 1;
                     Ok(())
                 },
@@ -1008,12 +1178,17 @@ impl<P: Platform> Kmm<P> {
             .map(drop);
         if result.is_ok() {
             let shift = self.page_shift;
-            result = self.vmap_range(start, nr_pages, PAGE_KERNEL, &mut |i| {
-                Ok(self.mem.load_u64(array_phys + i * 8)? << shift)
+            result = self.vmap_range(start, nr_pages, PAGE_KERNEL, |i| {
+                slots
+                    .get(i as usize)
+                    .map(|s| u64::from_le(s.load(Relaxed)) << shift)
+                    .ok_or(KmmError::InvalidArgument {
+                        what: "page array shorter than the area",
+                    })
             });
         }
         if result.is_err() {
-            self.free_page_array(array_phys, got);
+            self.free_page_array(array_phys, got as u64);
             let _ = self.kfree(array);
             return result;
         }
@@ -1027,10 +1202,17 @@ impl<P: Platform> Kmm<P> {
         Ok(())
     }
 
+    /// The page array (`vm_struct->pages`) of `n` frame numbers at
+    /// `array_phys`, as RAM words.
+    fn page_array(&self, array_phys: u64, n: u64) -> Result<&[AtomicU64], KmmError> {
+        self.mem.ram_slice::<AtomicU64>(array_phys, n as usize)
+    }
+
+    /// Frees the first `n` pages of the page array at `array_phys`.
     fn free_page_array(&self, array_phys: u64, n: u64) {
-        let _ = self.free_pages_bulk(
-            &mut (0..n).filter_map(|i| self.mem.load_u64(array_phys + i * 8).ok()),
-        );
+        if let Ok(slots) = self.page_array(array_phys, n) {
+            let _ = self.free_pages_bulk(&mut slots.iter().map(|s| u64::from_le(s.load(Relaxed))));
+        }
     }
 
     /// `vfree()`: unmaps and frees what [`Self::vmalloc`] returned (the TLB
@@ -1075,7 +1257,7 @@ impl<P: Platform> Kmm<P> {
         let start = self.va_get(va, VA_START);
         let prot = if prot.is_empty() { PAGE_KERNEL } else { prot };
         let shift = self.page_shift;
-        if let Err(e) = self.vmap_range(start, n, prot, &mut |i| Ok(pfns[i as usize] << shift)) {
+        if let Err(e) = self.vmap_range(start, n, prot, |i| Ok(pfns[i as usize] << shift)) {
             self.free_vmap_area_lazy(va);
             return Err(e);
         }
@@ -1120,7 +1302,9 @@ impl<P: Platform> Kmm<P> {
         let l = self.vm.list.lock();
         let mut va = l.head;
         while va != 0 {
-            f(&self.va_info(&l, va));
+            if self.va_get(va, VA_FLAGS) & VA_POOLED == 0 {
+                f(&self.va_info(&l, va));
+            }
             va = self.va_get(va, VA_NEXT);
         }
     }
@@ -1239,7 +1423,7 @@ impl<P: Platform> Kmm<P> {
         let start = self.va_get(va, VA_START);
         self.va_set(va, VA_PHYS, base);
         let prot = PAGE_KERNEL | cache;
-        if let Err(e) = self.vmap_range(start, n, prot, &mut |i| Ok(base + i * ps)) {
+        if let Err(e) = self.vmap_range(start, n, prot, |i| Ok(base + i * ps)) {
             self.free_vmap_area_lazy(va);
             return Err(e);
         }

@@ -421,7 +421,7 @@ fn vmalloc_vs_pages<'a>(
         .map_err(|e| format!("vmalloc_to_pfn: {e}"))?;
     k.vfree(v).map_err(|e| format!("vfree: {e}"))?;
     out(&format!(
-        "vmalloc: vmalloc({size}) + vfree (16 pages taken one at a time, mapped in the vmalloc area; the TLB flush is lazy, every ~{} ranges); first frames {:#x}, {:#x}",
+        "vmalloc: vmalloc({size}) + vfree (16 order-0 pages in one bulk call, mapped in the vmalloc area; the TLB flush is lazy, every ~{} ranges, and purged ranges are pooled by size for reuse); first frames {:#x}, {:#x}",
         16 * 1024 / 17,
         frames[0],
         frames[1]
@@ -540,10 +540,19 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
         ..Default::default()
     })
     .map_err(|e| format!("cannot boot the x86 machine: {e}"))?;
+    // Everything below runs as CPU 0 of the x86_64 machine, as a kernel
+    // thread would: the binding makes this thread the CPU's only user, so
+    // vmalloc and the page allocator take CPU 0's per-CPU lists without a
+    // lock (see `Cpus::bind`). Nothing here starts other threads; the kmap
+    // rows bind CPU 0 of the other machine, which is independent.
+    let cpu0 = machine
+        .cpus()
+        .bind(CPU)
+        .map_err(|e| format!("cannot bind CPU {CPU}: {e}"))?;
     let mmu = Mmu::for_machine(&machine);
     let tlb = mmu.config();
     out(&format!(
-        "kmm bench vm: x86_64 profile, 4-level paging, 4K pages; CPU {CPU}'s TLB ({} entries, {}-way, PCID), one thread; best of {} runs of ~{} ms",
+        "kmm bench vm: x86_64 profile, 4-level paging, 4K pages; CPU {CPU}'s TLB ({} entries, {}-way, PCID), one thread bound to CPU {CPU}; best of {} runs of ~{} ms",
         tlb.entries,
         tlb.ways,
         s.runs,
@@ -597,6 +606,7 @@ pub fn vm(s: &VmSettings, out: &mut dyn FnMut(&str)) -> Result<VmReport, String>
     out(&format!(
         "page table: {pt_pages} page-table pages; afterwards everything unmapped and freed: {after} pages free, as before"
     ));
+    drop(cpu0);
 
     let rows: Vec<(&'static str, f64)> = names
         .iter()
