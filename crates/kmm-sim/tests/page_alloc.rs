@@ -422,7 +422,7 @@ fn bulk_allocation_and_free() {
     let free = k.nr_free_pages();
     let mut pfns = Vec::new();
     let got = k
-        .alloc_pages_bulk(0, kmm::GfpFlags::GFP_KERNEL, 300, &mut |pfn| {
+        .alloc_pages_bulk(0, kmm::GfpFlags::GFP_KERNEL, 300, |pfn| {
             pfns.push(pfn);
             Ok(())
         })
@@ -442,7 +442,7 @@ fn bulk_allocation_and_free() {
     // One page keeps a second reference: the bulk free only drops one.
     let kept = k.pfn_to_page(pfns[7]).unwrap();
     k.get_page(kept).unwrap();
-    k.free_pages_bulk(&mut pfns.iter().copied()).unwrap();
+    k.free_pages_bulk(pfns.iter().copied()).unwrap();
     check_frames(
         k,
         &[Alloc {
@@ -453,7 +453,7 @@ fn bulk_allocation_and_free() {
     )
     .unwrap();
     // Freeing it again in bulk is a double free for all but that one.
-    let r = k.free_pages_bulk(&mut pfns[..9].iter().copied());
+    let r = k.free_pages_bulk(pfns[..9].iter().copied());
     assert!(r.is_err(), "double free reported");
     check_frames(k, &[]).unwrap();
     k.drain_all_pages();

@@ -128,7 +128,7 @@ impl<P: Platform> Kmm<P> {
         nid: usize,
         gfp: GfpFlags,
         n: u64,
-        out: &mut dyn FnMut(u64) -> Result<(), KmmError>,
+        mut out: impl FnMut(u64) -> Result<(), KmmError>,
     ) -> Result<u64, KmmError> {
         let (cpu, owner) = self.platform.this_cpu();
         let zt = gfp.validate()?;
@@ -821,7 +821,7 @@ impl<P: Platform> Kmm<P> {
     /// CPU's lists under one lock per zone run (Linux batches them the same
     /// way). A bad page is reported and skipped; the first error is returned
     /// after every other page was handled.
-    pub fn free_pages_bulk(&self, pfns: &mut dyn Iterator<Item = u64>) -> Result<(), KmmError> {
+    pub fn free_pages_bulk(&self, pfns: impl IntoIterator<Item = u64>) -> Result<(), KmmError> {
         let (cpu, owner) = self.platform.this_cpu();
         let map = self.mem_map();
         let mut first_err = Ok(());

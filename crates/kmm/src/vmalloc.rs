@@ -1162,19 +1162,14 @@ impl<P: Platform> Kmm<P> {
         // alloc_pages_bulk_array_node(): the pages in one go, into the array.
         let mut got = 0usize;
         let mut result = self
-            .alloc_pages_bulk(
-                nid,
-                page_gfp | GfpFlags::__GFP_NOWARN,
-                nr_pages,
-                &mut |pfn| {
-                    let slot = slots.get(got).ok_or(KmmError::InvalidArgument {
-                        what: "alloc_pages_bulk handed out more pages than asked",
-                    })?;
-                    slot.store(pfn.to_le(), Relaxed);
-                    got += 1;
-                    Ok(())
-                },
-            )
+            .alloc_pages_bulk(nid, page_gfp | GfpFlags::__GFP_NOWARN, nr_pages, |pfn| {
+                let slot = slots.get(got).ok_or(KmmError::InvalidArgument {
+                    what: "alloc_pages_bulk handed out more pages than asked",
+                })?;
+                slot.store(pfn.to_le(), Relaxed);
+                got += 1;
+                Ok(())
+            })
             .map(drop);
         if result.is_ok() {
             let shift = self.page_shift;
@@ -1211,7 +1206,7 @@ impl<P: Platform> Kmm<P> {
     /// Frees the first `n` pages of the page array at `array_phys`.
     fn free_page_array(&self, array_phys: u64, n: u64) {
         if let Ok(slots) = self.page_array(array_phys, n) {
-            let _ = self.free_pages_bulk(&mut slots.iter().map(|s| u64::from_le(s.load(Relaxed))));
+            let _ = self.free_pages_bulk(slots.iter().map(|s| u64::from_le(s.load(Relaxed))));
         }
     }
 
