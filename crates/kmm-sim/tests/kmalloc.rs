@@ -65,7 +65,7 @@ fn caches_at_boot() {
     let row = lines.find(|l| l.starts_with("kmalloc-96 ")).unwrap();
     assert_eq!(
         row,
-        "kmalloc-96             0      0     96   42    1 : tunables  120   60    0 : slabdata      0      0      0"
+        "kmalloc-96             0      0     96   42    1 : tunables  120   60    8 : slabdata      0      0      0"
     );
     let row = info.lines().find(|l| l.starts_with("kmalloc-8k ")).unwrap();
     assert_eq!(

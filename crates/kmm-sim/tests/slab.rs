@@ -186,12 +186,13 @@ fn seed000_testslab_students() {
             Some(student_ctor),
         )
         .unwrap();
-    // An empty cache: "testslab 0 0 <objsize> <objperslab> 1 : tunables 120 60 0 : slabdata 0 0 0".
+    // An empty cache: "testslab 0 0 <objsize> <objperslab> 1 : tunables 120 60 8 : slabdata 0 0 0"
+    // (a shared array of 8 batches: the machine has more than one CPU).
     let line = slabinfo_line(&m, "testslab").unwrap();
     let n = slabinfo_numbers(&line);
     assert_eq!((n[0], n[1]), (0, 0), "{line}");
-    assert_eq!(&n[4..], &[1, 120, 60, 0, 0, 0, 0], "{line}");
-    assert!(line.contains(" : tunables  120   60    0 : slabdata      0      0      0"));
+    assert_eq!(&n[4..], &[1, 120, 60, 8, 0, 0, 0], "{line}");
+    assert!(line.contains(" : tunables  120   60    8 : slabdata      0      0      0"));
     let info = k.kmem_cache_info(myslab).unwrap();
     assert_eq!(
         info.ctor_calls, 0,
@@ -621,6 +622,84 @@ fn meminfo_slab_lines() {
 
 // ----------------------------------------------------- per-CPU arrays
 
+/// SLAB's shared array: objects one CPU frees past its array's limit wait
+/// in the cache's shared array (8 batches), and another CPU's refill takes
+/// them from there without going back to the slabs. `/proc/slabinfo` shows
+/// the sharedfactor and sharedavail columns; a shrink empties the array; a
+/// machine with one CPU has none.
+#[test]
+fn shared_array_hands_objects_between_cpus() {
+    let m = boot("x86_64", 256 * M, 2, 1);
+    let k = m.kmm();
+    let c = k
+        .kmem_cache_create("pc64", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let objs: Vec<u64> = m
+        .cpus()
+        .run_on_cpu(0, || {
+            (0..300)
+                .map(|_| k.kmem_cache_alloc(c, GFP).unwrap())
+                .collect()
+        })
+        .unwrap();
+    // CPU 0's array keeps what its last refill left over: back to the slabs.
+    k.kmem_cache_shrink(c).unwrap();
+    let grown = k.kmem_cache_info(c).unwrap().grown;
+    m.cpus()
+        .run_on_cpu(1, || {
+            for &o in &objs {
+                k.kmem_cache_free(c, o).unwrap();
+            }
+        })
+        .unwrap();
+    let i = check_cache(k, c).unwrap();
+    assert_eq!((i.limit, i.batchcount, i.shared_factor), (120, 60, 8));
+    // CPU 1's array overflowed: 300 frees, at most 120 kept, the rest went
+    // to the shared array in batches of 60, and none back to the slabs.
+    assert!(i.shared_avail >= 180, "{i:?}");
+    assert_eq!(
+        i.active_objs,
+        i.cpu_cached + i.shared_avail,
+        "every object is free again; cached ones count as active, as in SLAB"
+    );
+    let line = slabinfo_line(&m, "pc64").unwrap();
+    let n = slabinfo_numbers(&line);
+    assert_eq!((n[7], n[10]), (8, i.shared_avail), "{line}");
+    // CPU 0 refills from the shared array: the same objects, no new slab.
+    let before = i.free_objects;
+    let again: HashSet<u64> = m
+        .cpus()
+        .run_on_cpu(0, || {
+            (0..60)
+                .map(|_| k.kmem_cache_alloc(c, GFP).unwrap())
+                .collect()
+        })
+        .unwrap();
+    let i = check_cache(k, c).unwrap();
+    assert!(again.iter().all(|o| objs.contains(o)));
+    assert_eq!(i.free_objects, before, "the slabs were not touched");
+    assert_eq!(i.grown, grown);
+    m.cpus()
+        .run_on_cpu(0, || {
+            for &o in &again {
+                k.kmem_cache_free(c, o).unwrap();
+            }
+        })
+        .unwrap();
+    k.kmem_cache_shrink(c).unwrap();
+    let i = check_cache(k, c).unwrap();
+    assert_eq!((i.shared_avail, i.cpu_cached, i.active_objs), (0, 0, 0));
+    k.kmem_cache_destroy(c).unwrap();
+
+    // One CPU: nobody to share with.
+    let m = boot("x86_64", 256 * M, 1, 1);
+    let c = m
+        .kmm()
+        .kmem_cache_create("pc64", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    assert_eq!(m.kmm().kmem_cache_info(c).unwrap().shared_factor, 0);
+}
+
 /// Objects allocated on one CPU and freed on another land in the freeing
 /// CPU's array and are correct there; producers and consumers on every CPU
 /// at once never get the same object twice.
@@ -700,8 +779,9 @@ fn frees_across_cpus() {
     }
     let info = check_cache(k, c).unwrap();
     assert_eq!(
-        info.active_objs, info.cpu_cached,
-        "only cached objects remain active"
+        info.active_objs,
+        info.cpu_cached + info.shared_avail,
+        "only cached objects (per-CPU and shared arrays) remain active"
     );
     k.kmem_cache_destroy(c).unwrap();
     back_to_boot(k, boot_free);
@@ -730,7 +810,7 @@ fn reclaim_shrinks_caches_but_not_no_reap() {
             k.kmem_cache_free(c, o).unwrap();
         }
         let i = check_cache(k, c).unwrap();
-        assert!(i.num_slabs > 0 && i.active_objs == i.cpu_cached);
+        assert!(i.num_slabs > 0 && i.active_objs == i.cpu_cached + i.shared_avail);
     }
     // Explicit shrink_slab: skips the NO_REAP cache.
     let freed = k.shrink_slab(GFP);
@@ -1320,6 +1400,7 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                     let i = k.kmem_cache_info(c).unwrap();
                     prop_assert_eq!(i.free_slabs, 0);
                     prop_assert_eq!(i.cpu_cached, 0);
+                    prop_assert_eq!(i.shared_avail, 0);
                 }
             }
             Op::Destroy { cache } => {
@@ -1342,7 +1423,12 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
         for &(c, ..) in &caches {
             let i = check_cache(k, c).map_err(TestCaseError::fail)?;
             let n = live.values().filter(|l| l.cache == c).count() as u64;
-            prop_assert_eq!(i.active_objs, n + i.cpu_cached, "{}", i.name);
+            prop_assert_eq!(
+                i.active_objs,
+                n + i.cpu_cached + i.shared_avail,
+                "{}",
+                i.name
+            );
         }
     }
     check_frames(k, &slab_allocs(k)).map_err(TestCaseError::fail)?;

@@ -522,6 +522,29 @@ pub fn cpucache_limit(stride: u64, page_size: u64) -> u32 {
     }
 }
 
+/// SLAB's `shared` tunable: on a machine with more than one CPU, a cache of
+/// objects up to a page has a shared array holding this many batches, where
+/// one CPU's flush leaves objects another CPU's refill takes, without going
+/// back to the slabs (`enable_cpucache()`).
+pub const SLAB_SHARED_FACTOR: u32 = 8;
+
+/// Entries of a cache's shared array (`shared * batchcount`; 0: none).
+pub(crate) fn shared_limit(stride: u64, page_size: u64, nr_cpus: u64, batchcount: u32) -> u32 {
+    if nr_cpus > 1 && stride <= page_size {
+        SLAB_SHARED_FACTOR * batchcount
+    } else {
+        0
+    }
+}
+
+/// Bytes of a cache's per-CPU arrays and its shared array, as one block.
+pub(crate) fn cpucache_bytes(stride: u64, page_size: u64, nr_cpus: u64) -> u64 {
+    let limit = cpucache_limit(stride, page_size);
+    let batchcount = limit.div_ceil(2).max(1);
+    let shared = shared_limit(stride, page_size, nr_cpus, batchcount);
+    ac_stride(limit) * nr_cpus + if shared > 0 { ac_stride(shared) } else { 0 }
+}
+
 /// Bytes of one CPU's array: header plus `limit` entries, in cache lines.
 pub(crate) fn ac_stride(limit: u32) -> u64 {
     AC_HEAD + align_up(limit as u64 * 8, CACHE_LINE_SIZE)
@@ -565,6 +588,11 @@ pub(crate) struct CacheInner {
     colour_next: u32,
     /// What to `kfree` for the per-CPU arrays (0: boot arrays).
     ac_alloc: u64,
+    /// Physical address of the shared array (`kmem_cache_node->shared`),
+    /// guarded by this lock; 0: none.
+    shared: u64,
+    /// Its `limit` (entries).
+    shared_limit: u32,
     seq: u64,
     /// Slab lists by [`SlabList`].
     lists: [ListHead; 3],
@@ -606,6 +634,8 @@ impl CacheInner {
         batchcount: 0,
         colour_next: 0,
         ac_alloc: 0,
+        shared: 0,
+        shared_limit: 0,
         seq: 0,
         lists: [ListHead::EMPTY; 3],
         nr_slabs: [0; 3],
@@ -784,6 +814,10 @@ pub struct KmemCacheInfo {
     pub limit: u32,
     /// Per-CPU array batch count.
     pub batchcount: u32,
+    /// `sharedfactor`: batches the shared array holds (0: no shared array).
+    pub shared_factor: u32,
+    /// `sharedavail`: objects waiting in the shared array.
+    pub shared_avail: u64,
     /// Objects in use, counting those cached in per-CPU arrays (as SLAB does).
     pub active_objs: u64,
     /// Objects in all slabs.
@@ -978,7 +1012,8 @@ impl<P: Platform> Kmm<P> {
         let batchcount = limit.div_ceil(2).max(1);
         let stride = ac_stride(limit);
         let ncpu = self.nr_cpu_ids as u64;
-        let bytes = stride * ncpu;
+        let shared = shared_limit(geo.stride as u64, self.page_size(), ncpu, batchcount);
+        let bytes = stride * ncpu + if shared > 0 { ac_stride(shared) } else { 0 };
 
         let _reg = self.slab.registry.lock();
         if self.cache_by_name(&cname).is_some() {
@@ -1025,6 +1060,16 @@ impl<P: Platform> Kmm<P> {
             ac.limit.store(limit, Relaxed);
             ac.batchcount.store(batchcount, Relaxed);
         }
+        let shared_phys = if shared > 0 {
+            ac_phys + ncpu * stride
+        } else {
+            0
+        };
+        if shared > 0 {
+            let sh = self.mem.ram_ref::<ArrayCache>(shared_phys)?;
+            sh.limit.store(shared, Relaxed);
+            sh.batchcount.store(batchcount, Relaxed);
+        }
         let slot = &self.slab.slots[idx];
         let gen = slot.gen.load(Relaxed).wrapping_add(1);
         {
@@ -1043,6 +1088,8 @@ impl<P: Platform> Kmm<P> {
             inner.limit = limit;
             inner.batchcount = batchcount;
             inner.ac_alloc = ac_alloc;
+            inner.shared = shared_phys;
+            inner.shared_limit = shared;
             inner.seq = self.slab.seq.fetch_add(1, Relaxed);
             inner.free_limit = (1 + ncpu) * batchcount as u64 + geo.num as u64;
         }
@@ -1223,7 +1270,11 @@ impl<P: Platform> Kmm<P> {
                     if slot.gen.load(Relaxed) != c.gen {
                         return Err(KmmError::StaleCache { slot: c.slot });
                     }
-                    self.take_objects(&mut inner, &entries[..batch.min(entries.len())])
+                    let out = &entries[..batch.min(entries.len())];
+                    match self.transfer_from_shared(&inner, out) {
+                        0 => self.take_objects(&mut inner, out),
+                        moved => moved,
+                    }
                 };
                 if let Some(e) = got.checked_sub(1).and_then(|i| entries.get(i)) {
                     ac.avail.store(got as u32 - 1, Relaxed);
@@ -1236,6 +1287,32 @@ impl<P: Platform> Kmm<P> {
             }
             self.cache_grow(slot, c, gfp)?;
         }
+    }
+
+    /// The shared array of a cache (`n->shared`), if it has one. The caller
+    /// holds the cache's list lock, which guards it.
+    fn shared_array(&self, inner: &CacheInner) -> Option<(&ArrayCache, &[AtomicU64])> {
+        if inner.shared == 0 {
+            return None;
+        }
+        self.mem
+            .ram_head_and_tail::<ArrayCache, AtomicU64>(inner.shared, inner.shared_limit as usize)
+            .ok()
+    }
+
+    /// `transfer_objects()` from the shared array: up to `out.len()` of its
+    /// most recently added objects into `out`. Returns how many.
+    fn transfer_from_shared(&self, inner: &CacheInner, out: &[AtomicU64]) -> usize {
+        let Some((sh, se)) = self.shared_array(inner) else {
+            return 0;
+        };
+        let avail = (sh.avail.load(Relaxed) as usize).min(se.len());
+        let n = avail.min(out.len());
+        for (dst, src) in out.iter().zip(&se[avail - n..avail]) {
+            dst.store(src.load(Relaxed), Relaxed);
+        }
+        sh.avail.store((avail - n) as u32, Relaxed);
+        n
     }
 
     /// Takes up to `out.len()` objects from partial, then free slabs.
@@ -1616,8 +1693,24 @@ impl<P: Platform> Kmm<P> {
             .min(n);
         ac.freemiss.store(ac.freemiss.load(Relaxed) + 1, Relaxed);
         let mut inner = slot.inner.lock();
-        self.free_block(&mut inner, &entries[..batch]);
-        let released = self.trim_free_slabs(&mut inner);
+        // Into the shared array while it has room, as SLAB does; the rest
+        // (all of it, without one) back to the slabs.
+        let mut batch = batch;
+        let mut released = None;
+        match self.shared_array(&inner) {
+            Some((sh, se)) if (sh.avail.load(Relaxed) as usize) < se.len() => {
+                let avail = sh.avail.load(Relaxed) as usize;
+                batch = batch.min(se.len() - avail);
+                for (dst, src) in se[avail..avail + batch].iter().zip(&entries[..batch]) {
+                    dst.store(src.load(Relaxed), Relaxed);
+                }
+                sh.avail.store((avail + batch) as u32, Relaxed);
+            }
+            _ => {
+                self.free_block(&mut inner, &entries[..batch]);
+                released = self.trim_free_slabs(&mut inner);
+            }
+        }
         drop(inner);
         for i in batch..n {
             entries[i - batch].store(entries[i].load(Relaxed), Relaxed);
@@ -1731,6 +1824,12 @@ impl<P: Platform> Kmm<P> {
             let mut inner = slot.inner.lock();
             self.free_block(&mut inner, &entries[..n]);
             ac.avail.store(0, Relaxed);
+        }
+        let mut inner = slot.inner.lock();
+        if let Some((sh, se)) = self.shared_array(&inner) {
+            let n = (sh.avail.load(Relaxed) as usize).min(se.len());
+            self.free_block(&mut inner, &se[..n]);
+            sh.avail.store(0, Relaxed);
         }
         Ok(())
     }
@@ -1975,6 +2074,9 @@ impl<P: Platform> Kmm<P> {
             freemiss += ac.freemiss.load(Relaxed);
         }
         let inner = slot.inner.lock();
+        let shared_avail = self
+            .shared_array(&inner)
+            .map_or(0, |(sh, _)| sh.avail.load(Relaxed) as u64);
         let g = &inner.geo;
         let num_slabs = inner.total_slabs();
         let num_objs = num_slabs * g.num as u64;
@@ -1992,6 +2094,12 @@ impl<P: Platform> Kmm<P> {
             colour_next: inner.colour_next,
             limit: inner.limit,
             batchcount: inner.batchcount,
+            shared_factor: if inner.shared_limit > 0 {
+                SLAB_SHARED_FACTOR
+            } else {
+                0
+            },
+            shared_avail,
             active_objs: num_objs - inner.free_objects,
             num_objs,
             active_slabs: num_slabs - inner.nr_slabs[SlabList::Free as usize],

@@ -31,7 +31,7 @@ use crate::gfp::GfpFlags;
 use crate::memblock::{Memblock, ReserveKind};
 use crate::mm::Kmm;
 use crate::platform::Platform;
-use crate::slab::{ac_stride, cpucache_limit, KmemCache, SlabFlags, LARGE_KMALLOC_TAG};
+use crate::slab::{cpucache_bytes, KmemCache, SlabFlags, LARGE_KMALLOC_TAG};
 
 /// `ZERO_SIZE_PTR`: what `kmalloc(0)` returns; `kfree` accepts it.
 pub const ZERO_SIZE_PTR: u64 = 16;
@@ -162,9 +162,9 @@ fn kmalloc_name(ty: KmallocType, size: usize) -> KmallocName {
 pub(crate) fn boot_arrays_bytes(page_size: u64, nr_cpus: usize) -> u64 {
     let per_type: u64 = KMALLOC_SIZES[..nr_kmalloc_classes(page_size)]
         .iter()
-        .map(|&s| ac_stride(cpucache_limit(s as u64, page_size)))
+        .map(|&s| cpucache_bytes(s as u64, page_size, nr_cpus as u64))
         .sum();
-    2 * per_type * nr_cpus as u64
+    2 * per_type
 }
 
 /// Reserves the boot caches' per-CPU arrays. Returns `(phys, bytes)`.
@@ -475,10 +475,10 @@ pub fn slabinfo<P: Platform>(k: &Kmm<P>, out: &mut dyn Write) -> fmt::Result {
             i.pages_per_slab,
             i.limit,
             i.batchcount,
-            0,
+            i.shared_factor,
             i.active_slabs,
             i.num_slabs,
-            0
+            i.shared_avail
         )?;
     }
     Ok(())
@@ -590,6 +590,9 @@ mod tests {
         // 8 small classes of 1024 bytes, 512 and 1k (54), 2k and 4k (24), 8k (8).
         let per_cpu = 8 * 1024 + 2 * (64 + 448) + 2 * (64 + 192) + (64 + 64);
         assert_eq!(boot_arrays_bytes(4096, 1), 2 * per_cpu);
-        assert_eq!(boot_arrays_bytes(4096, 4), 8 * per_cpu);
+        // With more than one CPU, classes up to a page add a shared array of
+        // 8 batches: 480 entries, 216 for 512 and 1k, 96 for 2k and 4k.
+        let shared = 8 * (64 + 3840) + 2 * (64 + 1728) + 2 * (64 + 768);
+        assert_eq!(boot_arrays_bytes(4096, 4), 2 * (4 * per_cpu + shared));
     }
 }
