@@ -12,7 +12,7 @@ use common::*;
 use kmm::{GfpFlags, SlabFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-const ROUNDS: u64 = 100_000;
+const ROUNDS: u64 = 30_000;
 
 /// What a thread writes into every block and object it holds.
 fn tag(thread: u64, seq: u64) -> u64 {

@@ -664,6 +664,8 @@ pub(crate) struct CacheSlot {
     num: AtomicU32,
     size: AtomicU32,
     ac_stride: AtomicU32,
+    /// Entries of one CPU's array (`(ac_stride - AC_HEAD) / 8`).
+    ac_entries: AtomicU32,
     recip: AtomicU64,
     /// Physical address of CPU 0's array.
     ac_base: AtomicU64,
@@ -680,6 +682,7 @@ impl CacheSlot {
             num: AtomicU32::new(0),
             size: AtomicU32::new(0),
             ac_stride: AtomicU32::new(0),
+            ac_entries: AtomicU32::new(0),
             recip: AtomicU64::new(0),
             ac_base: AtomicU64::new(0),
             inner: SpinLock::new(CacheInner::EMPTY),
@@ -1096,6 +1099,8 @@ impl<P: Platform> Kmm<P> {
         slot.flags.store(flags.bits(), Relaxed);
         self.set_hot_geometry(slot, &geo);
         slot.ac_stride.store(stride as u32, Relaxed);
+        slot.ac_entries
+            .store(((stride - AC_HEAD) / 8) as u32, Relaxed);
         slot.ac_base.store(ac_phys, Relaxed);
         slot.gen.store(gen, Release);
         Ok(KmemCache {
@@ -1237,7 +1242,7 @@ impl<P: Platform> Kmm<P> {
         }
         let stride = slot.ac_stride.load(Relaxed) as u64;
         let at = slot.ac_base.load(Relaxed) + cpu as u64 * stride;
-        let n = (stride.saturating_sub(AC_HEAD) / 8) as usize;
+        let n = slot.ac_entries.load(Relaxed) as usize;
         let (ac, entries) = self.mem.ram_head_and_tail::<ArrayCache, AtomicU64>(at, n)?;
         Ok((ac, entries))
     }
@@ -1603,7 +1608,7 @@ impl<P: Platform> Kmm<P> {
                 return Err(self.double_free(slot, obj, pfn, idx));
             }
         }
-        let limit = (ac.limit.load(Relaxed) as usize).min(entries.len());
+        let limit = ac.limit.load(Relaxed) as usize;
         match entries.get(n).filter(|_| n < limit) {
             Some(e) => {
                 e.store(obj, Relaxed);
