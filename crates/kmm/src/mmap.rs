@@ -671,6 +671,22 @@ impl<P: Platform> Kmm<P> {
         self.mem.ram_ref::<VmAreaStruct>(vma)
     }
 
+    /// [`Self::vload`] of a link that may be empty.
+    fn vload_opt(&self, vma: Option<u64>) -> Result<Option<V>, KmmError> {
+        vma.map(|v| self.vload(v)).transpose()
+    }
+
+    /// The first area ending above `addr` (`find_vma()`) and the area
+    /// before it (the last one when there is none above).
+    fn vma_neighbours(&self, m: &MmStruct, addr: u64) -> Result<(Option<V>, Option<V>), KmmError> {
+        let next = self.mm_find_vma_v(m, addr)?;
+        let prev = match next {
+            Some(n) => nz(n.prev),
+            None => self.mm_last_vma(m)?,
+        };
+        Ok((self.vload_opt(prev)?, next))
+    }
+
     fn vload(&self, vma: u64) -> Result<V, KmmError> {
         let r = self.vref(vma)?;
         Ok(V {
@@ -766,10 +782,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     fn mm_find_vma_v(&self, m: &MmStruct, addr: u64) -> Result<Option<V>, KmmError> {
-        match self.mm_find_vma(m, addr)? {
-            Some(v) => Ok(Some(self.vload(v)?)),
-            None => Ok(None),
-        }
+        self.vload_opt(self.mm_find_vma(m, addr)?)
     }
 
     /// The area containing `addr` (`vma_lookup`).
@@ -1248,10 +1261,7 @@ impl<P: Platform> Kmm<P> {
     fn vma_place(&self, m: &MmStruct, addr: u64, end: u64) -> Result<Place, KmmError> {
         match self.mm_find_vma_v(m, addr)? {
             Some(v) if v.start >= end => {
-                let prev = match nz(v.prev) {
-                    Some(p) => Some(self.vload(p)?),
-                    None => None,
-                };
+                let prev = self.vload_opt(nz(v.prev))?;
                 Ok(Place::Hole {
                     prev,
                     next: Some(v),
@@ -1262,10 +1272,7 @@ impl<P: Platform> Kmm<P> {
                 what: "vma_merge: the range straddles VMA boundaries",
             }),
             None => {
-                let prev = match self.mm_last_vma(m)? {
-                    Some(p) => Some(self.vload(p)?),
-                    None => None,
-                };
+                let prev = self.vload_opt(self.mm_last_vma(m)?)?;
                 Ok(Place::Hole { prev, next: None })
             }
         }
@@ -1648,17 +1655,7 @@ impl<P: Platform> Kmm<P> {
         if high < low || len > high - low {
             return Ok(None);
         }
-        let mut next = self.mm_find_vma_v(m, high)?;
-        let mut prev = match next {
-            Some(n) => match nz(n.prev) {
-                Some(p) => Some(self.vload(p)?),
-                None => None,
-            },
-            None => match self.mm_last_vma(m)? {
-                Some(p) => Some(self.vload(p)?),
-                None => None,
-            },
-        };
+        let (mut prev, mut next) = self.vma_neighbours(m, high)?;
         let limit = m.map_count.load(Relaxed).saturating_add(2);
         for _ in 0..limit {
             let gap_end = next.map_or(high, |n| self.vm_start_gap(&n).min(high));
@@ -1673,10 +1670,7 @@ impl<P: Platform> Kmm<P> {
                 return Ok(None);
             }
             next = Some(p);
-            prev = match nz(p.prev) {
-                Some(q) => Some(self.vload(q)?),
-                None => None,
-            };
+            prev = self.vload_opt(nz(p.prev))?;
         }
         Err(KmmError::BadObject {
             addr: 0,
@@ -1696,17 +1690,7 @@ impl<P: Platform> Kmm<P> {
         if high < low || len > high - low {
             return Ok(None);
         }
-        let mut next = self.mm_find_vma_v(m, low)?;
-        let mut prev = match next {
-            Some(n) => match nz(n.prev) {
-                Some(p) => Some(self.vload(p)?),
-                None => None,
-            },
-            None => match self.mm_last_vma(m)? {
-                Some(p) => Some(self.vload(p)?),
-                None => None,
-            },
-        };
+        let (mut prev, mut next) = self.vma_neighbours(m, low)?;
         let limit = m.map_count.load(Relaxed).saturating_add(2);
         for _ in 0..limit {
             let gap_start = prev.map_or(low, |p| p.end.max(low));
@@ -1721,10 +1705,7 @@ impl<P: Platform> Kmm<P> {
                 return Ok(None);
             };
             prev = Some(n);
-            next = match nz(n.next) {
-                Some(q) => Some(self.vload(q)?),
-                None => None,
-            };
+            next = self.vload_opt(nz(n.next))?;
         }
         Err(KmmError::BadObject {
             addr: 0,
