@@ -576,6 +576,23 @@ fn measure_together(s: &Settings, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>
     measure(s.target, s.runs, loops)
 }
 
+/// For the benches' tests: splits a `ratio <name> <value>` line, checking
+/// its form (a name, then a finite number that is not negative: a tiny
+/// run's noise can round a ratio down to 0.00, so only the form is checked).
+#[cfg(test)]
+pub(crate) fn split_ratio_line(line: &str) -> (&str, &str) {
+    let (name, v) = line
+        .strip_prefix("ratio ")
+        .and_then(|rest| rest.split_once(' '))
+        .unwrap_or_else(|| panic!("bad ratio line {line:?}"));
+    assert!(!name.is_empty(), "{line}");
+    let value: f64 = v
+        .parse()
+        .unwrap_or_else(|e| panic!("{line}: bad number: {e}"));
+    assert!(value >= 0.0 && value.is_finite(), "{line}");
+    (name, v)
+}
+
 /// [`measure_together`] with the run length `target` and the number of
 /// timed rounds `runs` given directly.
 fn measure(target: Duration, runs: usize, loops: &mut [Timed<'_>]) -> Result<Vec<Figure>, String> {
@@ -635,11 +652,8 @@ mod tests {
             "order0-vs-buddy_system_allocator",
         ];
         for (line, name) in tail.iter().zip(names) {
-            let rest = line
-                .strip_prefix(&format!("ratio {name} "))
-                .unwrap_or_else(|| panic!("bad ratio line {line:?}"));
-            let v: f64 = rest.parse().unwrap();
-            assert!(v >= 0.0 && v.is_finite(), "{line}");
+            let (got, rest) = split_ratio_line(line);
+            assert_eq!(got, name, "{line}");
             assert_eq!(rest.split('.').nth(1).map(str::len), Some(2), "{line}");
         }
         assert!(r.order0_ns > 0.0);

@@ -1370,11 +1370,7 @@ mod tests {
             "anon-fault-vs-linux",
         ];
         for (line, name) in tail.iter().zip(names) {
-            let rest = line
-                .strip_prefix(&format!("ratio {name} "))
-                .unwrap_or_else(|| panic!("bad ratio line {line:?} in\n{text}"));
-            let v: f64 = rest.parse().unwrap();
-            assert!(v >= 0.0 && v.is_finite(), "{line}");
+            assert_eq!(crate::bench::split_ratio_line(line).0, name, "{text}");
         }
         assert!(text.contains("host kernel: Linux "), "{text}");
         assert!(text.contains("transparent_hugepage/enabled: "), "{text}");

@@ -1119,15 +1119,7 @@ mod tests {
         assert_eq!(r.ratios.len(), n);
         let tail: Vec<&str> = text.lines().rev().take(n).collect();
         for line in &tail {
-            let rest = line
-                .strip_prefix("ratio ")
-                .unwrap_or_else(|| panic!("bad ratio line {line:?}"));
-            let (name, v) = rest.split_once(' ').unwrap();
-            assert!(!name.is_empty(), "{line}");
-            // A number, printed with two decimals: a tiny run's noise can
-            // round a ratio down to 0.00, so only its form is checked.
-            let v: f64 = v.parse().unwrap();
-            assert!(v >= 0.0 && v.is_finite(), "{line}");
+            crate::bench::split_ratio_line(line);
         }
         for name in [
             "cache64-vs-mimalloc",
