@@ -528,21 +528,42 @@ pub fn cpucache_limit(stride: u64, page_size: u64) -> u32 {
 /// back to the slabs (`enable_cpucache()`).
 pub const SLAB_SHARED_FACTOR: u32 = 8;
 
-/// Entries of a cache's shared array (`shared * batchcount`; 0: none).
-pub(crate) fn shared_limit(stride: u64, page_size: u64, nr_cpus: u64, batchcount: u32) -> u32 {
-    if nr_cpus > 1 && stride <= page_size {
-        SLAB_SHARED_FACTOR * batchcount
-    } else {
-        0
-    }
+/// `enable_cpucache()`'s sizes for a cache of objects `stride` bytes apart:
+/// the per-CPU arrays, then the shared array, as one block.
+#[derive(Clone, Copy)]
+pub(crate) struct CpuCacheLayout {
+    /// `limit` of a per-CPU array.
+    pub(crate) limit: u32,
+    /// `batchcount`: half the limit.
+    pub(crate) batchcount: u32,
+    /// Bytes of one CPU's array.
+    pub(crate) ac_stride: u64,
+    /// Entries of the shared array (`shared * batchcount`; 0: none).
+    pub(crate) shared: u32,
+    /// Bytes of the whole block.
+    pub(crate) bytes: u64,
 }
 
-/// Bytes of a cache's per-CPU arrays and its shared array, as one block.
-pub(crate) fn cpucache_bytes(stride: u64, page_size: u64, nr_cpus: u64) -> u64 {
-    let limit = cpucache_limit(stride, page_size);
-    let batchcount = limit.div_ceil(2).max(1);
-    let shared = shared_limit(stride, page_size, nr_cpus, batchcount);
-    ac_stride(limit) * nr_cpus + if shared > 0 { ac_stride(shared) } else { 0 }
+impl CpuCacheLayout {
+    /// The layout for `nr_cpus` CPUs and pages of `page_size` bytes.
+    pub(crate) fn new(stride: u64, page_size: u64, nr_cpus: u64) -> CpuCacheLayout {
+        let limit = cpucache_limit(stride, page_size);
+        let batchcount = limit.div_ceil(2).max(1);
+        let shared = if nr_cpus > 1 && stride <= page_size {
+            SLAB_SHARED_FACTOR * batchcount
+        } else {
+            0
+        };
+        let per_cpu = ac_stride(limit);
+        let shared_bytes = if shared > 0 { ac_stride(shared) } else { 0 };
+        CpuCacheLayout {
+            limit,
+            batchcount,
+            ac_stride: per_cpu,
+            shared,
+            bytes: per_cpu * nr_cpus + shared_bytes,
+        }
+    }
 }
 
 /// Bytes of one CPU's array: header plus `limit` entries, in cache lines.
@@ -1011,12 +1032,15 @@ impl<P: Platform> Kmm<P> {
             max_order,
         )
         .map_err(|e| self.create_error(name, e))?;
-        let limit = cpucache_limit(geo.stride as u64, self.page_size());
-        let batchcount = limit.div_ceil(2).max(1);
-        let stride = ac_stride(limit);
         let ncpu = self.nr_cpu_ids as u64;
-        let shared = shared_limit(geo.stride as u64, self.page_size(), ncpu, batchcount);
-        let bytes = stride * ncpu + if shared > 0 { ac_stride(shared) } else { 0 };
+        let layout = CpuCacheLayout::new(geo.stride as u64, self.page_size(), ncpu);
+        let (limit, batchcount, stride, shared) = (
+            layout.limit,
+            layout.batchcount,
+            layout.ac_stride,
+            layout.shared,
+        );
+        let bytes = layout.bytes;
 
         let _reg = self.slab.registry.lock();
         if self.cache_by_name(&cname).is_some() {
@@ -1063,12 +1087,9 @@ impl<P: Platform> Kmm<P> {
             ac.limit.store(limit, Relaxed);
             ac.batchcount.store(batchcount, Relaxed);
         }
-        let shared_phys = if shared > 0 {
-            ac_phys + ncpu * stride
-        } else {
-            0
-        };
+        let mut shared_phys = 0;
         if shared > 0 {
+            shared_phys = ac_phys + ncpu * stride;
             let sh = self.mem.ram_ref::<ArrayCache>(shared_phys)?;
             sh.limit.store(shared, Relaxed);
             sh.batchcount.store(batchcount, Relaxed);

@@ -31,7 +31,7 @@ use crate::gfp::GfpFlags;
 use crate::memblock::{Memblock, ReserveKind};
 use crate::mm::Kmm;
 use crate::platform::Platform;
-use crate::slab::{cpucache_bytes, KmemCache, SlabFlags, LARGE_KMALLOC_TAG};
+use crate::slab::{CpuCacheLayout, KmemCache, SlabFlags, LARGE_KMALLOC_TAG};
 
 /// `ZERO_SIZE_PTR`: what `kmalloc(0)` returns; `kfree` accepts it.
 pub const ZERO_SIZE_PTR: u64 = 16;
@@ -162,7 +162,7 @@ fn kmalloc_name(ty: KmallocType, size: usize) -> KmallocName {
 pub(crate) fn boot_arrays_bytes(page_size: u64, nr_cpus: usize) -> u64 {
     let per_type: u64 = KMALLOC_SIZES[..nr_kmalloc_classes(page_size)]
         .iter()
-        .map(|&s| cpucache_bytes(s as u64, page_size, nr_cpus as u64))
+        .map(|&s| CpuCacheLayout::new(s as u64, page_size, nr_cpus as u64).bytes)
         .sum();
     2 * per_type
 }
