@@ -62,6 +62,15 @@ impl LocalLock {
         self.lock_remote(platform, cpu)
     }
 
+    /// The lock of CPU `cpu`'s data, taken by code that may run on any CPU
+    /// (a drain, a walk over every CPU): as the owner when the caller owns
+    /// `cpu`, from outside otherwise.
+    #[inline]
+    pub(crate) fn lock_any<P: Platform>(&self, platform: &P, cpu: usize) -> LocalGuard<'_> {
+        let (me, owner) = platform.this_cpu();
+        self.lock(platform, cpu, owner && me == cpu)
+    }
+
     /// The lock as taken from another CPU (or by a thread that does not own
     /// `cpu`): the spin lock, then the owner, if any, is made to leave. On a
     /// platform that never claims ownership this is a plain spin lock.

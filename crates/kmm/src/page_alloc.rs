@@ -1006,8 +1006,7 @@ impl<P: Platform> Kmm<P> {
         let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
             return;
         };
-        let (me, owner) = self.platform.this_cpu();
-        let _g = pcp.lock.lock(&self.platform, cpu, owner && cpu == me);
+        let _g = pcp.lock.lock_any(&self.platform, cpu);
         pcp.walk_blocks(self.mem_map(), f);
     }
 
@@ -1015,10 +1014,9 @@ impl<P: Platform> Kmm<P> {
     /// lists, so that their pages can merge again.
     pub fn drain_all_pages(&self) {
         self.events.pcp_drains.fetch_add(1, Relaxed);
-        let (me, owner) = self.platform.this_cpu();
         for zone in self.zones() {
             for (cpu, pcp) in zone.pcp.as_slice().iter().enumerate() {
-                let _g = pcp.lock.lock(&self.platform, cpu, owner && cpu == me);
+                let _g = pcp.lock.lock_any(&self.platform, cpu);
                 let left = pcp.count.load(Relaxed) - self.free_pcppages_bulk(zone, pcp, u32::MAX);
                 pcp.count.store(left, Relaxed);
             }

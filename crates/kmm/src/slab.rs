@@ -1842,10 +1842,9 @@ impl<P: Platform> Kmm<P> {
 
     /// Empties every CPU's array of a cache into its slabs (`drain_cpu_caches()`).
     fn drain_cpu_arrays(&self, slot: &CacheSlot) -> Result<(), KmmError> {
-        let (me, owner) = self.platform.this_cpu();
         for cpu in 0..self.nr_cpu_ids {
             let (ac, entries) = self.cpu_array(slot, cpu)?;
-            let _g = ac.lock.lock(&self.platform, cpu, owner && cpu == me);
+            let _g = ac.lock.lock_any(&self.platform, cpu);
             let n = (ac.avail.load(Relaxed) as usize).min(entries.len());
             let mut inner = slot.inner.lock();
             self.free_block(&mut inner, &entries[..n]);
