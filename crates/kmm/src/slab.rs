@@ -1087,13 +1087,13 @@ impl<P: Platform> Kmm<P> {
             ac.limit.store(limit, Relaxed);
             ac.batchcount.store(batchcount, Relaxed);
         }
-        let mut shared_phys = 0;
-        if shared > 0 {
-            shared_phys = ac_phys + ncpu * stride;
-            let sh = self.mem.ram_ref::<ArrayCache>(shared_phys)?;
-            sh.limit.store(shared, Relaxed);
-            sh.batchcount.store(batchcount, Relaxed);
-        }
+        // The shared array follows, zeroed: its header's `avail` is all it
+        // uses, its size is `CacheInner::shared_limit`.
+        let shared_phys = if shared > 0 {
+            ac_phys + ncpu * stride
+        } else {
+            0
+        };
         let slot = &self.slab.slots[idx];
         let gen = slot.gen.load(Relaxed).wrapping_add(1);
         {
