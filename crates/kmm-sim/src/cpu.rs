@@ -642,6 +642,16 @@ impl Cpus {
         self.bound_cpu_slow()
     }
 
+    /// [`Self::bound_cpu`] from the thread's last-binding cache only: `None`
+    /// when the cache names another machine or no CPU (then ask `bound_cpu`).
+    #[inline(always)]
+    pub fn bound_cpu_cached(&self) -> Option<usize> {
+        match LAST_BINDING.try_with(Cell::get) {
+            Ok((id, cpu)) if id == self.id + 1 && cpu != UNBOUND => Some(cpu),
+            _ => None,
+        }
+    }
+
     #[cold]
     fn bound_cpu_slow(&self) -> Option<usize> {
         let found = BINDINGS

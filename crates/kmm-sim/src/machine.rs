@@ -305,6 +305,13 @@ impl Platform for SimPlatform {
             None => (0, false),
         }
     }
+    #[inline(always)]
+    fn owned_cpu_fast(&self) -> Option<usize> {
+        if !self.exclusive {
+            return None;
+        }
+        self.cpus.bound_cpu_cached()
+    }
     fn cpu_owned(&self, cpu: usize) -> bool {
         self.exclusive && self.cpus.cpu_owned(cpu)
     }

@@ -44,8 +44,19 @@ fn pfn_of(k: &K, p: &Page) -> u64 {
 
 #[test]
 fn double_free() {
+    double_free_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn double_free_on_an_owned_cpu() {
+    double_free_on(true);
+}
+
+fn double_free_on(owned: bool) {
     let m = boot("x86_64", 128 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     // Order 0: the first free put the page on the per-CPU list.
     let p = k.alloc_page(KERNEL).unwrap();
     let pfn = pfn_of(k, p);
@@ -74,8 +85,19 @@ fn double_free() {
 
 #[test]
 fn free_with_the_wrong_order() {
+    free_with_the_wrong_order_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn free_with_the_wrong_order_on_an_owned_cpu() {
+    free_with_the_wrong_order_on(true);
+}
+
+fn free_with_the_wrong_order_on(owned: bool) {
     let m = boot("x86_64", 128 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let p = k.alloc_pages(KERNEL, 2).unwrap();
     let a = Alloc::of(k, p, 2, KERNEL);
     for wrong in [0, 1, 3, 10] {
@@ -121,8 +143,19 @@ fn freeing_reserved_pages() {
 
 #[test]
 fn freeing_a_tail_page() {
+    freeing_a_tail_page_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn freeing_a_tail_page_on_an_owned_cpu() {
+    freeing_a_tail_page_on(true);
+}
+
+fn freeing_a_tail_page_on(owned: bool) {
     let m = boot("x86_64", 128 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let comp = KERNEL | GfpFlags::__GFP_COMP;
     let head = k.alloc_pages(comp, 2).unwrap();
     let a = Alloc::of(k, head, 2, comp);
@@ -144,9 +177,20 @@ fn freeing_a_tail_page() {
 /// A `struct page` of another machine is not in this one's `mem_map`.
 #[test]
 fn page_of_another_machine() {
+    page_of_another_machine_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn page_of_another_machine_on_an_owned_cpu() {
+    page_of_another_machine_on(true);
+}
+
+fn page_of_another_machine_on(owned: bool) {
     let m1 = boot("x86_64", 128 * M, 1, 1);
     let m2 = boot("x86_64", 128 * M, 1, 1);
     let (k1, k2) = (m1.kmm(), m2.kmm());
+    let _cpu = owned.then(|| m1.cpus().bind(0).unwrap());
     let p2 = k2.alloc_page(KERNEL).unwrap();
     let a2 = Alloc::of(k2, p2, 0, KERNEL);
     let theirs = snapshot(k2);

@@ -83,6 +83,17 @@ impl GfpFlags {
     /// warnings do. Returns the zone type the mask asks for (`gfp_zone()`).
     #[inline]
     pub fn validate(self) -> Result<ZoneType, KmmError> {
+        match self.zone_if_plain() {
+            Some(z) => Ok(z),
+            None => self.validate_slow(),
+        }
+    }
+
+    /// `gfp_zone()` for the masks [`Self::validate`] accepts at a glance: no
+    /// unknown bit, no `__GFP_NOFAIL` (whose combinations need checking), at
+    /// most one zone modifier. `None` means "ask `validate()`".
+    #[inline(always)]
+    pub(crate) fn zone_if_plain(self) -> Option<ZoneType> {
         // GFP_ZONE_TABLE: the zone for each combination of the three zone bits.
         const TABLE: [Option<ZoneType>; 8] = [
             Some(ZoneType::Normal),
@@ -95,12 +106,10 @@ impl GfpFlags {
             None,
         ];
         let slow = GfpFlags::__GFP_NOFAIL.bits() | !GfpFlags::all().bits();
-        if self.bits() & slow == 0 {
-            if let Some(z) = TABLE[(self.bits() & 7) as usize] {
-                return Ok(z);
-            }
+        if self.bits() & slow != 0 {
+            return None;
         }
-        self.validate_slow()
+        TABLE[(self.bits() & 7) as usize]
     }
 
     #[cold]

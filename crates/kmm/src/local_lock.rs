@@ -48,18 +48,29 @@ impl LocalLock {
         owner: bool,
     ) -> LocalGuard<'_> {
         if owner {
-            self.local.store(1, Ordering::Relaxed);
-            // Keep the store before the load below in the compiled code; the
-            // hardware may still reorder them, which `sync_cpus()` covers.
-            compiler_fence(Ordering::SeqCst);
-            if self.remote.load(Ordering::Acquire) == 0 {
-                return LocalGuard(&self.local);
+            if let Some(g) = self.try_lock_owner() {
+                return g;
             }
-            self.local.store(0, Ordering::Release);
             self.spin_remote();
             return LocalGuard(&self.remote);
         }
         self.lock_remote(platform, cpu)
+    }
+
+    /// The owner's uncontended `local_lock()`, or `None` (and the lock left
+    /// as it was) while another thread holds the remote side. Only the
+    /// thread that owns the CPU exclusively may call it.
+    #[inline(always)]
+    pub(crate) fn try_lock_owner(&self) -> Option<LocalGuard<'_>> {
+        self.local.store(1, Ordering::Relaxed);
+        // Keep the store before the load below in the compiled code; the
+        // hardware may still reorder them, which `sync_cpus()` covers.
+        compiler_fence(Ordering::SeqCst);
+        if self.remote.load(Ordering::Acquire) == 0 {
+            return Some(LocalGuard(&self.local));
+        }
+        self.local.store(0, Ordering::Release);
+        None
     }
 
     /// The lock of CPU `cpu`'s data, taken by code that may run on any CPU

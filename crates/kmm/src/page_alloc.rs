@@ -221,8 +221,57 @@ impl<P: Platform> Kmm<P> {
     /// `alloc_pages()`: `2^order` pages from the current CPU's node.
     #[inline]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
+        match self.alloc_pages_fast(gfp, order) {
+            Some(page) => Ok(page),
+            None => self.alloc_pages_full(gfp, order),
+        }
+    }
+
+    /// `alloc_pages()` the whole way: every check, the refill, the zonelist
+    /// walk and the slow path.
+    #[inline(never)]
+    fn alloc_pages_full(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
         let (cpu, owner) = self.platform.this_cpu();
         self.alloc_pages_on(cpu, owner, self.cpu_to_node(cpu), gfp, order)
+    }
+
+    /// The common `alloc_pages()`, with nothing that can fail or call out: a
+    /// thread that owns its CPU ([`Platform::owned_cpu_fast`]) takes a block
+    /// of order 0-3 from its non-empty per-CPU list of the preferred zone,
+    /// above the low watermark, for a plain mask (no `__GFP_ZERO` or
+    /// `__GFP_COMP` work, nothing `validate()` must look at) in a context
+    /// that may sleep if the mask says so. Anything else returns `None`
+    /// having changed nothing, and [`Self::alloc_pages_full`] takes over —
+    /// the split of Linux's `get_page_from_freelist()` fast try and
+    /// `__alloc_pages_slowpath()`, drawn a little earlier.
+    #[inline(always)]
+    fn alloc_pages_fast(&self, gfp: GfpFlags, order: u32) -> Option<&Page> {
+        let cpu = self.platform.owned_cpu_fast()?;
+        let extra = GfpFlags::__GFP_ZERO.bits() | GfpFlags::__GFP_COMP.bits();
+        if order as usize >= NR_PCP_LISTS || gfp.bits() & extra != 0 {
+            return None;
+        }
+        let zt = gfp.zone_if_plain()?;
+        if gfp.allows_blocking() {
+            let (pc, irqs) = self.platform.atomic_state_of(cpu);
+            if pc != 0 || irqs {
+                return None;
+            }
+        }
+        let nid = self.cpu_to_node(cpu);
+        let highest = self.zone_index_of[zt as usize] as usize;
+        let (znid, zidx) = self.preferred_zone[nid][highest];
+        let zone = &self.nodes[znid as usize].zones[zidx as usize];
+        let pcp = zone.pcp.as_slice().get(cpu)?;
+        let mark = zone.watermark[ALLOC_WMARK_LOW as usize].load(Relaxed);
+        if !self.zone_watermark_ok(zone, order, mark, highest, ALLOC_WMARK_LOW) {
+            return None;
+        }
+        let guard = pcp.lock.try_lock_owner()?;
+        let cold = gfp.contains(GfpFlags::__GFP_COLD);
+        let pfn = self.pcp_take(pcp, order, cold, znid as usize == nid)?;
+        drop(guard);
+        Some(self.post_alloc_hook(pfn, order))
     }
 
     /// `alloc_page()`: one page.
@@ -371,26 +420,38 @@ impl<P: Platform> Kmm<P> {
         ac: &AllocContext,
         local: bool,
     ) -> Option<u32> {
-        let (order, gfp) = (ac.order, ac.gfp);
-        let map = self.mem_map();
+        let order = ac.order;
         let o = order as usize;
         let _g = pcp.lock.lock(&self.platform, ac.cpu, ac.owner);
-        let mut list = pcp.list(o);
-        let mut count = pcp.count.load(Relaxed);
-        if list.head == NIL {
+        if pcp.heads[o].load(Relaxed) == NIL {
+            let mut list = pcp.list(o);
             let got = self.rmqueue_bulk(zone, order, pcp.batch.load(Relaxed), &mut list);
             if got == 0 {
                 return None;
             }
-            count += got << order;
+            pcp.set_list(o, list);
+            pcp.count
+                .store(pcp.count.load(Relaxed) + (got << order), Relaxed);
         }
-        let pfn = if gfp.contains(GfpFlags::__GFP_COLD) {
+        self.pcp_take(pcp, order, ac.gfp.contains(GfpFlags::__GFP_COLD), local)
+    }
+
+    /// Pops a block of `order` from `pcp`'s list (the tail when `cold`) and
+    /// counts the allocation; `None` when the list is empty. The caller
+    /// holds the per-CPU lock.
+    #[inline(always)]
+    fn pcp_take(&self, pcp: &PerCpuPages, order: u32, cold: bool, local: bool) -> Option<u32> {
+        let map = self.mem_map();
+        let o = order as usize;
+        let mut list = pcp.list(o);
+        let pfn = if cold {
             list.pop_back(map)
         } else {
             list.pop_front(map)
         }?;
         pcp.set_list(o, list);
-        pcp.count.store(count - (1 << order), Relaxed);
+        pcp.count
+            .store(pcp.count.load(Relaxed) - (1 << order), Relaxed);
         pcp.pgalloc
             .store(pcp.pgalloc.load(Relaxed) + (1 << order), Relaxed);
         let c = if local { &pcp.numa_hit } else { &pcp.numa_miss };
@@ -474,12 +535,7 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     fn prep_new_page(&self, pfn: u32, order: u32, gfp: GfpFlags) -> &Page {
         let map = self.mem_map();
-        let page = &map[pfn as usize];
-        page.refcount.store(1, Relaxed);
-        // post_alloc_hook(): set_page_private(page, 0) — the buddy order
-        // kept there while free is meaningless now.
-        page.private.store(0, Relaxed);
-        page.set_alloc_order(Some(order));
+        let page = self.post_alloc_hook(pfn, order);
         if gfp.contains(GfpFlags::__GFP_ZERO) {
             let bytes = (self.page_size() << order) as usize;
             // The range is RAM below max_pfn, so this cannot fail.
@@ -493,6 +549,18 @@ impl<P: Platform> Kmm<P> {
                 tp.private.store(pfn, Relaxed);
             }
         }
+        page
+    }
+
+    /// `post_alloc_hook()`: the block's first page gets its reference and
+    /// remembers its order; the buddy order kept in `private` while it was
+    /// free is meaningless now.
+    #[inline(always)]
+    fn post_alloc_hook(&self, pfn: u32, order: u32) -> &Page {
+        let page = &self.mem_map()[pfn as usize];
+        page.refcount.store(1, Relaxed);
+        page.private.store(0, Relaxed);
+        page.set_alloc_order(Some(order));
         page
     }
 
@@ -664,8 +732,88 @@ impl<P: Platform> Kmm<P> {
     // ----------------------------------------------------------------- free
 
     /// `__free_pages()`: drops a reference; the last one frees the block.
+    #[inline]
     pub fn __free_pages(&self, page: &Page, order: u32) -> Result<(), KmmError> {
+        if self.free_pages_fast(page, order) {
+            return Ok(());
+        }
         self.free_pages_common(page, order, false)
+    }
+
+    /// The common `__free_pages()`, with nothing that can fail or call out:
+    /// the last reference to a sane, non-compound block of order 0-3, put
+    /// at the head of the owned CPU's list while that stays below `high`.
+    /// Anything else returns `false` having changed nothing, and
+    /// `free_pages_common()` takes over.
+    #[inline(always)]
+    fn free_pages_fast(&self, page: &Page, order: u32) -> bool {
+        if order as usize >= NR_PCP_LISTS {
+            return false;
+        }
+        let Some(cpu) = self.platform.owned_cpu_fast() else {
+            return false;
+        };
+        let Ok(pfn) = self.page_to_pfn(page) else {
+            return false;
+        };
+        let raw = page.raw_flags();
+        if raw & PageFlags::HEAD.bits() != 0
+            || !Self::sane_at_free(page, raw, order)
+            || page.refcount.load(Relaxed) != 1
+        {
+            return false;
+        }
+        let zone = self.page_zone(page);
+        let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
+            return false;
+        };
+        let Some(_g) = pcp.lock.try_lock_owner() else {
+            return false;
+        };
+        let count = pcp.count.load(Relaxed) + (1 << order);
+        if count >= pcp.high.load(Relaxed) {
+            return false;
+        }
+        // put_page_testzero() for the last reference; a get_page() that
+        // came in meanwhile leaves the work to the full path.
+        if page
+            .refcount
+            .compare_exchange(1, 0, Relaxed, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        Self::clear_at_free(page, raw);
+        let map = self.mem_map();
+        let o = order as usize;
+        let mut list = pcp.list(o);
+        list.push_front(map, pfn as u32);
+        pcp.set_list(o, list);
+        pcp.count.store(count, Relaxed);
+        pcp.pgfree
+            .store(pcp.pgfree.load(Relaxed) + (1 << order), Relaxed);
+        true
+    }
+
+    /// `free_page_is_bad()` in one look at the flags word, inverted: nothing
+    /// set that must be clear at free, allocated with this very order, not
+    /// mapped.
+    #[inline(always)]
+    fn sane_at_free(page: &Page, raw: u64, order: u32) -> bool {
+        raw & FLAGS_CHECK_AT_FREE.bits() == 0
+            && Page::alloc_order_of(raw) == Some(order)
+            && page.mapcount.load(Relaxed) == -1
+    }
+
+    /// What `free_pages_prepare()` clears on the first page once the last
+    /// reference is gone (nobody else may touch the descriptor, so plain
+    /// stores do): the order and head bits, `mapping`, `private`.
+    #[inline(always)]
+    fn clear_at_free(page: &Page, raw: u64) {
+        page.flags
+            .store(raw & !(ALLOC_ORDER_BITS | PageFlags::HEAD.bits()), Relaxed);
+        page.mapping.store(0, Relaxed);
+        page.private.store(0, Relaxed);
     }
 
     /// `__free_page()`.
@@ -701,7 +849,7 @@ impl<P: Platform> Kmm<P> {
     /// `free_hot_page()`: an order-0 page to the head of the per-CPU list,
     /// where the next allocation finds it still in the cache.
     pub fn free_hot_page(&self, page: &Page) -> Result<(), KmmError> {
-        self.free_pages_common(page, 0, false)
+        self.__free_pages(page, 0)
     }
 
     /// `free_cold_page()`: an order-0 page to the tail of the per-CPU list.
@@ -788,21 +936,13 @@ impl<P: Platform> Kmm<P> {
         if old != 1 {
             return Ok(false);
         }
-        // free_page_is_bad(), in one look at the flags word: nothing that must
-        // be clear at free, allocated with this very order, not mapped. A bad
-        // page keeps its reference: the report leaves it as it was.
+        // A bad page keeps its reference: the report leaves it as it was.
         let raw = page.raw_flags();
-        let sane = raw & FLAGS_CHECK_AT_FREE.bits() == 0
-            && Page::alloc_order_of(raw) == Some(order)
-            && page.mapcount.load(Relaxed) == -1;
-        if !sane {
+        if !Self::sane_at_free(page, raw, order) {
             page.refcount.fetch_add(1, Relaxed);
             return Err(self.free_check_failed(page, pfn, order));
         }
-        // free_pages_prepare(): the last reference is gone, nobody else may
-        // touch the descriptor, so one plain store clears order and head bits.
-        page.flags
-            .store(raw & !(ALLOC_ORDER_BITS | PageFlags::HEAD.bits()), Relaxed);
+        Self::clear_at_free(page, raw);
         if raw & PageFlags::HEAD.bits() != 0 {
             let map = self.mem_map();
             for t in pfn + 1..pfn + (1 << order) {
@@ -811,8 +951,6 @@ impl<P: Platform> Kmm<P> {
                 tp.private.store(0, Relaxed);
             }
         }
-        page.mapping.store(0, Relaxed);
-        page.private.store(0, Relaxed);
         Ok(true)
     }
 

@@ -75,6 +75,16 @@ pub trait Platform: Sync {
         (self.smp_processor_id(), false)
     }
 
+    /// The CPU the calling thread owns exclusively, when the platform can
+    /// tell at the cost of a load or two and without calling anything; the
+    /// allocators' fast paths run only then, and `None` sends them to their
+    /// full path, which asks [`Self::this_cpu`]. Must name only a CPU that
+    /// `this_cpu()` would return as owned. The default never answers.
+    #[inline]
+    fn owned_cpu_fast(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether some thread owns `cpu` exclusively right now (see
     /// [`Self::this_cpu`]). Must be answered with a sequentially consistent
     /// load of whatever the owner set when it took the CPU.
