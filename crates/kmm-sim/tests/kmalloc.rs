@@ -81,8 +81,19 @@ fn caches_at_boot() {
 /// allocation; every size up to KMALLOC_MAX_CACHE_SIZE.
 #[test]
 fn rounding_and_ksize() {
+    rounding_and_ksize_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn rounding_and_ksize_on_an_owned_cpu() {
+    rounding_and_ksize_on(true);
+}
+
+fn rounding_and_ksize_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let boot_free = k.nr_free_pages();
     let mut held = Vec::new();
     for size in 1..=8192usize {
@@ -208,8 +219,19 @@ fn dma_and_highmem() {
 
 #[test]
 fn kzalloc_kcalloc_krealloc() {
+    kzalloc_kcalloc_krealloc_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn kzalloc_kcalloc_krealloc_on_an_owned_cpu() {
+    kzalloc_kcalloc_krealloc_on(true);
+}
+
+fn kzalloc_kcalloc_krealloc_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let boot_free = k.nr_free_pages();
     // Dirty an object, free it: kzalloc gets it back zeroed.
     let p = k.kmalloc(200, GFP).unwrap();
@@ -256,8 +278,19 @@ fn kzalloc_kcalloc_krealloc() {
 /// kfree of anything kmalloc did not return is reported and not obeyed.
 #[test]
 fn kfree_of_foreign_pointers() {
+    kfree_of_foreign_pointers_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn kfree_of_foreign_pointers_on_an_owned_cpu() {
+    kfree_of_foreign_pointers_on(true);
+}
+
+fn kfree_of_foreign_pointers_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let boot_free = k.nr_free_pages();
     let p = k.kmalloc(64, GFP).unwrap();
     let page = k.__get_free_page(GFP).unwrap();

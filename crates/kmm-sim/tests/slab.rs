@@ -955,8 +955,19 @@ fn red_zones_are_checked() {
 
 #[test]
 fn double_free_is_caught() {
+    double_free_is_caught_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn double_free_is_caught_on_an_owned_cpu() {
+    double_free_is_caught_on(true);
+}
+
+fn double_free_is_caught_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     // With debugging: always, wherever the object went meanwhile.
     let d = debug_cache(k, "dbg", 64, SLAB_DEBUG_FLAGS);
     let a = k.kmem_cache_alloc(d, GFP).unwrap();
@@ -1024,8 +1035,19 @@ fn double_free_is_caught() {
 
 #[test]
 fn wrong_cache_and_invalid_pointers_are_refused() {
+    wrong_cache_and_invalid_pointers_are_refused_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn wrong_cache_and_invalid_pointers_are_refused_on_an_owned_cpu() {
+    wrong_cache_and_invalid_pointers_are_refused_on(true);
+}
+
+fn wrong_cache_and_invalid_pointers_are_refused_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let a = k
         .kmem_cache_create("cache_a", 48, 0, SlabFlags::empty(), None)
         .unwrap();

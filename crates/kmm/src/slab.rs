@@ -1192,7 +1192,44 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     #[track_caller]
     pub fn kmem_cache_alloc(&self, c: KmemCache, gfp: GfpFlags) -> Result<u64, KmmError> {
-        self.slab_alloc(c, gfp, Location::caller())
+        match self.slab_alloc_fast(c, gfp) {
+            Some(obj) => Ok(obj),
+            None => self.slab_alloc_full(c, gfp, Location::caller()),
+        }
+    }
+
+    /// `kmem_cache_alloc()` the whole way: checks, refill, growth, debugging.
+    #[inline(never)]
+    pub(crate) fn slab_alloc_full(
+        &self,
+        c: KmemCache,
+        gfp: GfpFlags,
+        caller: &'static Location<'static>,
+    ) -> Result<u64, KmmError> {
+        self.slab_alloc(c, gfp, caller)
+    }
+
+    /// The common `kmem_cache_alloc()`, with nothing that can fail: a thread
+    /// that owns its CPU ([`Platform::owned_cpu_fast`]) pops the newest
+    /// object of its non-empty array, for a cache without debugging and a
+    /// mask that asks nothing more (no `__GFP_ZERO`, nothing refused).
+    /// Otherwise `None`, having changed nothing.
+    #[inline(always)]
+    pub(crate) fn slab_alloc_fast(&self, c: KmemCache, gfp: GfpFlags) -> Option<u64> {
+        let cpu = self.platform.owned_cpu_fast()?;
+        if gfp.bits() & (GFP_SLAB_BUG | GfpFlags::__GFP_ZERO.bits()) != 0 {
+            return None;
+        }
+        let slot = self.slab.slot(c).ok()?;
+        if slot.debug() {
+            return None;
+        }
+        let (ac, entries) = self.cpu_array(slot, cpu).ok()?;
+        let _g = ac.lock.try_lock_owner()?;
+        let n = ac.avail.load(Relaxed);
+        let e = entries.get(n.checked_sub(1)? as usize)?;
+        ac.avail.store(n - 1, Relaxed);
+        Some(e.load(Relaxed))
     }
 
     /// `kmem_cache_zalloc()`: a zeroed object.
@@ -1565,7 +1602,85 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     #[track_caller]
     pub fn kmem_cache_free(&self, c: KmemCache, obj: u64) -> Result<(), KmmError> {
-        self.slab_free(c, obj, Location::caller())
+        if self.slab_free_fast(c, obj) {
+            return Ok(());
+        }
+        self.slab_free_full(c, obj, Location::caller())
+    }
+
+    /// `kmem_cache_free()` the whole way: checks and reports, flushing a
+    /// full array, debugging.
+    #[inline(never)]
+    fn slab_free_full(
+        &self,
+        c: KmemCache,
+        obj: u64,
+        caller: &'static Location<'static>,
+    ) -> Result<(), KmmError> {
+        self.slab_free(c, obj, caller)
+    }
+
+    /// The common `kmem_cache_free()`: see [`Self::slab_free_found_fast`].
+    #[inline(always)]
+    fn slab_free_fast(&self, c: KmemCache, obj: u64) -> bool {
+        let Ok((phys, head_pfn, head)) = self.virt_to_slab(obj) else {
+            return false;
+        };
+        let found = SlabObject {
+            cache: c,
+            phys,
+            head_pfn,
+            head,
+        };
+        self.slab_free_found_fast(found, obj)
+    }
+
+    /// The common free of an object whose slab is found (`kfree()` finds it
+    /// from the address alone): see [`Self::slab_push_fast`].
+    #[inline(always)]
+    pub(crate) fn slab_free_found_fast(&self, found: SlabObject<'_>, obj: u64) -> bool {
+        let Some(cpu) = self.platform.owned_cpu_fast() else {
+            return false;
+        };
+        let Ok(slot) = self.slab.slot(found.cache) else {
+            return false;
+        };
+        self.slab_push_fast(slot, cpu, obj, found)
+    }
+
+    /// The common free of an object whose slab is found: a thread that owns
+    /// its CPU pushes a checked object of a cache without debugging onto
+    /// its array while the array has room and does not already end with the
+    /// object (the cheap double-free check). Otherwise `false`, having
+    /// changed nothing; the full path then reports or flushes.
+    #[inline(always)]
+    fn slab_push_fast(&self, slot: &CacheSlot, cpu: usize, obj: u64, at: SlabObject<'_>) -> bool {
+        if slot.debug()
+            || self
+                .obj_to_index(slot, at.cache.tag(), at.phys, at.head_pfn, at.head)
+                .is_err()
+        {
+            return false;
+        }
+        let Ok((ac, entries)) = self.cpu_array(slot, cpu) else {
+            return false;
+        };
+        let Some(_g) = ac.lock.try_lock_owner() else {
+            return false;
+        };
+        let n = ac.avail.load(Relaxed) as usize;
+        if n >= ac.limit.load(Relaxed) as usize {
+            return false;
+        }
+        let Some(e) = entries.get(n) else {
+            return false;
+        };
+        if n > 0 && entries[n - 1].load(Relaxed) == obj {
+            return false;
+        }
+        e.store(obj, Relaxed);
+        ac.avail.store(n as u32 + 1, Relaxed);
+        true
     }
 
     #[inline(always)]

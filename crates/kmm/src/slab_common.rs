@@ -260,7 +260,33 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     #[track_caller]
     pub fn kmalloc(&self, size: usize, gfp: GfpFlags) -> Result<u64, KmmError> {
-        self.__kmalloc(size, gfp, Location::caller())
+        if let Some(obj) = self.kmalloc_fast(size, gfp) {
+            return Ok(obj);
+        }
+        self.kmalloc_full(size, gfp, Location::caller())
+    }
+
+    /// The common `kmalloc()`: a size served by a general cache, taken by
+    /// [`Self::slab_alloc_fast`]; otherwise `None`, having changed nothing.
+    #[inline(always)]
+    fn kmalloc_fast(&self, size: usize, gfp: GfpFlags) -> Option<u64> {
+        if size == 0 || size > self.kmalloc_max_cache_size() {
+            return None;
+        }
+        let ty = (gfp.bits() & GfpFlags::__GFP_DMA.bits()) as usize;
+        let c = KmemCache::unpack(self.slab.kmalloc[ty][kmalloc_index(size)].load(Relaxed))?;
+        self.slab_alloc_fast(c, gfp)
+    }
+
+    /// `kmalloc()` the whole way.
+    #[inline(never)]
+    fn kmalloc_full(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+        caller: &'static Location<'static>,
+    ) -> Result<u64, KmmError> {
+        self.__kmalloc(size, gfp, caller)
     }
 
     /// `kzalloc()`: `kmalloc` of zeroed memory.
@@ -354,10 +380,25 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     #[track_caller]
     pub fn kfree(&self, addr: u64) -> Result<(), KmmError> {
-        if addr <= ZERO_SIZE_PTR {
+        if addr <= ZERO_SIZE_PTR || self.kfree_fast(addr) {
             return Ok(());
         }
-        let caller = Location::caller();
+        self.kfree_full(addr, Location::caller())
+    }
+
+    /// The common `kfree()`: a slab object, pushed by
+    /// [`Self::slab_free_found_fast`]; otherwise `false`, having changed nothing.
+    #[inline(always)]
+    fn kfree_fast(&self, addr: u64) -> bool {
+        match self.slab_cache_of(addr) {
+            Some(found) => self.slab_free_found_fast(found, addr),
+            None => false,
+        }
+    }
+
+    /// `kfree()` the whole way: slab objects, large kmallocs, reports.
+    #[inline(never)]
+    fn kfree_full(&self, addr: u64, caller: &'static Location<'static>) -> Result<(), KmmError> {
         match self.slab_cache_of(addr) {
             Some(found) => self.slab_free_found(found, addr, caller),
             None => self.kfree_large(addr, caller),
