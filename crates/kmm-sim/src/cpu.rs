@@ -642,12 +642,22 @@ impl Cpus {
         self.bound_cpu_slow()
     }
 
-    /// [`Self::bound_cpu`] from the thread's last-binding cache only: `None`
-    /// when the cache names another machine or no CPU (then ask `bound_cpu`).
+    /// What the calling thread's last-binding cache holds for these CPUs
+    /// (see [`Self::bound_cpu_cached`]).
+    pub fn binding_key(&self) -> u64 {
+        self.id + 1
+    }
+
+    /// A key [`Self::bound_cpu_cached`] never matches.
+    pub const NO_BINDING_KEY: u64 = u64::MAX;
+
+    /// [`Self::bound_cpu`] of the machine whose [`Self::binding_key`] is
+    /// `key`, from the thread's last-binding cache only: `None` when the
+    /// cache names another machine or no CPU (then ask `bound_cpu`).
     #[inline(always)]
-    pub fn bound_cpu_cached(&self) -> Option<usize> {
+    pub fn bound_cpu_cached(key: u64) -> Option<usize> {
         match LAST_BINDING.try_with(Cell::get) {
-            Ok((id, cpu)) if id == self.id + 1 && cpu != UNBOUND => Some(cpu),
+            Ok((id, cpu)) if id == key && cpu != UNBOUND => Some(cpu),
             _ => None,
         }
     }

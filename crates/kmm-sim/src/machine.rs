@@ -119,6 +119,9 @@ pub struct SimPlatform {
     /// Whether a bound thread owns its CPU exclusively (the host has
     /// `membarrier()`; see [`crate::membarrier`]).
     exclusive: bool,
+    /// [`Cpus::binding_key`] when `exclusive`, else a key no binding has:
+    /// one comparison answers "bound here, and owned" on the fast paths.
+    owned_key: u64,
     /// `sync_cpus()` calls: a CPU's owned data reached from outside.
     cpu_syncs: AtomicU64,
 }
@@ -307,10 +310,7 @@ impl Platform for SimPlatform {
     }
     #[inline(always)]
     fn owned_cpu_fast(&self) -> Option<usize> {
-        if !self.exclusive {
-            return None;
-        }
-        self.cpus.bound_cpu_cached()
+        Cpus::bound_cpu_cached(self.owned_key)
     }
     fn cpu_owned(&self, cpu: usize) -> bool {
         self.exclusive && self.cpus.cpu_owned(cpu)
@@ -566,6 +566,12 @@ impl Machine {
         }
         let ram = Ram::new(phys_end).map_err(SimError::Ram)?;
         let cpus = Arc::new(Cpus::new(c.cpus).map_err(SimError::Cpu)?);
+        let exclusive = crate::membarrier::available();
+        let owned_key = if exclusive {
+            cpus.binding_key()
+        } else {
+            Cpus::NO_BINDING_KEY
+        };
         let platform = SimPlatform {
             cpus,
             log: Arc::new(KernelLog::default()),
@@ -575,7 +581,8 @@ impl Machine {
             files: Mutex::new(Vec::new()),
             tlb_log: Mutex::new(std::collections::VecDeque::new()),
             tlb_seq: AtomicU64::new(0),
-            exclusive: crate::membarrier::available(),
+            exclusive,
+            owned_key,
             cpu_syncs: AtomicU64::new(0),
         };
         // SAFETY: `ram` maps `phys_end` bytes, page aligned, owned by this

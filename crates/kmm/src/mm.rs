@@ -249,12 +249,11 @@ impl<P: Platform> Kmm<P> {
         let base = self.mem_map().as_ptr() as usize;
         let addr = page as *const Page as usize;
         let pfn = (addr.wrapping_sub(base) / STRUCT_PAGE_SIZE) as u64;
-        // In range and pointing at the start of a descriptor (no division by 40).
-        let exact = self
-            .mem_map()
-            .get(pfn as usize)
-            .is_some_and(|p| core::ptr::eq(p, page));
-        if !exact || pfn >= self.max_pfn {
+        // Below max_pfn (so inside mem_map, which covers every frame up to
+        // it) and at the start of a descriptor: no remainder check of the
+        // division by 40 needed.
+        let start = (base as *const Page).wrapping_add(pfn as usize);
+        if pfn >= self.max_pfn || !core::ptr::eq(start, page) {
             return Err(KmmError::InvalidAddress {
                 addr: addr as u64,
                 what: "struct page pointer",
@@ -267,6 +266,14 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     pub fn page_zone(&self, page: &Page) -> &Zone {
         &self.nodes[page.nid()].zones[page.zone_idx()]
+    }
+
+    /// The zone of flat id `node << 2 | zone` (the page flags' layout of the
+    /// two; [`Page::zone_id_of`]). Out-of-range parts wrap, without a bounds
+    /// check: callers pass ids they built from real nodes and zones.
+    #[inline(always)]
+    pub(crate) fn zone_by_id(&self, id: usize) -> &Zone {
+        &self.nodes[(id >> 2) & (MAX_NUMNODES - 1)].zones[id & (MAX_NR_ZONES - 1)]
     }
 
     /// `PFN_PHYS()`.

@@ -154,6 +154,14 @@ impl Page {
         ((self.flags.load(Relaxed) >> ZONE_SHIFT) & 3) as usize
     }
 
+    /// The node and zone bits of a flags word read once, as one flat zone
+    /// id (`node << 2 | zone`, see [`crate::Kmm::zone_by_id`]).
+    #[inline(always)]
+    pub(crate) fn zone_id_of(raw: u64) -> usize {
+        const _: () = assert!(NODE_SHIFT == ZONE_SHIFT + 2);
+        ((raw >> ZONE_SHIFT) & 31) as usize
+    }
+
     /// `page_to_nid()`.
     #[inline]
     pub fn nid(&self) -> usize {

@@ -20,9 +20,10 @@ use crate::gfp::GfpFlags;
 use crate::mm::Kmm;
 use crate::mm_types::{DisplayPageFlags, Page, PageFlags, FLAGS_CHECK_AT_FREE};
 use crate::mm_types::{ALLOC_ORDER_BITS, NIL};
+use crate::mmzone::MAX_NR_ZONES;
 use crate::mmzone::{FreeAreas, PerCpuPages, Zone, NR_PCP_LISTS};
 use crate::platform::Platform;
-use crate::MAX_ORDER;
+use crate::{MAX_NUMNODES, MAX_ORDER};
 use core::sync::atomic::Ordering::Relaxed;
 
 /// `PAGE_ALLOC_COSTLY_ORDER`: above this order reclaim is not worth retrying
@@ -258,20 +259,23 @@ impl<P: Platform> Kmm<P> {
                 return None;
             }
         }
-        let nid = self.cpu_to_node(cpu);
-        let highest = self.zone_index_of[zt as usize] as usize;
+        // The tables' entries are in range by construction; the masks only
+        // spare the bounds checks.
+        let nid = self.cpu_to_node(cpu) & (MAX_NUMNODES - 1);
+        let highest = self.zone_index_of[zt as usize & 3] as usize & (MAX_NR_ZONES - 1);
         let (znid, zidx) = self.preferred_zone[nid][highest];
-        let zone = &self.nodes[znid as usize].zones[zidx as usize];
+        let zone = self.zone_by_id((znid as usize) << 2 | zidx as usize);
         let pcp = zone.pcp.as_slice().get(cpu)?;
         let mark = zone.watermark[ALLOC_WMARK_LOW as usize].load(Relaxed);
         if !self.zone_watermark_ok(zone, order, mark, highest, ALLOC_WMARK_LOW) {
             return None;
         }
+        let map = self.mem_map();
         let guard = pcp.lock.try_lock_owner()?;
         let cold = gfp.contains(GfpFlags::__GFP_COLD);
-        let pfn = self.pcp_take(pcp, order, cold, znid as usize == nid)?;
+        let pfn = self.pcp_take(map, pcp, order, cold, znid as usize == nid)?;
         drop(guard);
-        Some(self.post_alloc_hook(pfn, order))
+        Some(Self::post_alloc_hook(map, pfn, order))
     }
 
     /// `alloc_page()`: one page.
@@ -433,15 +437,22 @@ impl<P: Platform> Kmm<P> {
             pcp.count
                 .store(pcp.count.load(Relaxed) + (got << order), Relaxed);
         }
-        self.pcp_take(pcp, order, ac.gfp.contains(GfpFlags::__GFP_COLD), local)
+        let cold = ac.gfp.contains(GfpFlags::__GFP_COLD);
+        self.pcp_take(self.mem_map(), pcp, order, cold, local)
     }
 
     /// Pops a block of `order` from `pcp`'s list (the tail when `cold`) and
     /// counts the allocation; `None` when the list is empty. The caller
     /// holds the per-CPU lock.
     #[inline(always)]
-    fn pcp_take(&self, pcp: &PerCpuPages, order: u32, cold: bool, local: bool) -> Option<u32> {
-        let map = self.mem_map();
+    fn pcp_take(
+        &self,
+        map: &[Page],
+        pcp: &PerCpuPages,
+        order: u32,
+        cold: bool,
+        local: bool,
+    ) -> Option<u32> {
         let o = order as usize;
         let mut list = pcp.list(o);
         let pfn = if cold {
@@ -535,7 +546,7 @@ impl<P: Platform> Kmm<P> {
     #[inline]
     fn prep_new_page(&self, pfn: u32, order: u32, gfp: GfpFlags) -> &Page {
         let map = self.mem_map();
-        let page = self.post_alloc_hook(pfn, order);
+        let page = Self::post_alloc_hook(map, pfn, order);
         if gfp.contains(GfpFlags::__GFP_ZERO) {
             let bytes = (self.page_size() << order) as usize;
             // The range is RAM below max_pfn, so this cannot fail.
@@ -556,8 +567,8 @@ impl<P: Platform> Kmm<P> {
     /// remembers its order; the buddy order kept in `private` while it was
     /// free is meaningless now.
     #[inline(always)]
-    fn post_alloc_hook(&self, pfn: u32, order: u32) -> &Page {
-        let page = &self.mem_map()[pfn as usize];
+    fn post_alloc_hook(map: &[Page], pfn: u32, order: u32) -> &Page {
+        let page = &map[pfn as usize];
         page.refcount.store(1, Relaxed);
         page.private.store(0, Relaxed);
         page.set_alloc_order(Some(order));
@@ -763,10 +774,11 @@ impl<P: Platform> Kmm<P> {
         {
             return false;
         }
-        let zone = self.page_zone(page);
+        let zone = self.zone_by_id(Page::zone_id_of(raw));
         let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
             return false;
         };
+        let map = self.mem_map();
         let Some(_g) = pcp.lock.try_lock_owner() else {
             return false;
         };
@@ -784,7 +796,6 @@ impl<P: Platform> Kmm<P> {
             return false;
         }
         Self::clear_at_free(page, raw);
-        let map = self.mem_map();
         let o = order as usize;
         let mut list = pcp.list(o);
         list.push_front(map, pfn as u32);
