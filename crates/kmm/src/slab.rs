@@ -690,6 +690,8 @@ pub(crate) struct CacheSlot {
     recip: AtomicU64,
     /// Physical address of CPU 0's array.
     ac_base: AtomicU64,
+    /// The living cache's [`KmemCache::tag`], as its slabs' head pages carry it.
+    tag: AtomicU64,
     inner: SpinLock<CacheInner>,
 }
 
@@ -706,6 +708,7 @@ impl CacheSlot {
             ac_entries: AtomicU32::new(0),
             recip: AtomicU64::new(0),
             ac_base: AtomicU64::new(0),
+            tag: AtomicU64::new(0),
             inner: SpinLock::new(CacheInner::EMPTY),
         }
     }
@@ -1096,15 +1099,17 @@ impl<P: Platform> Kmm<P> {
         };
         let slot = &self.slab.slots[idx];
         let gen = slot.gen.load(Relaxed).wrapping_add(1);
+        let tag = KmemCache {
+            slot: idx as u16,
+            gen,
+        }
+        .tag();
+        slot.tag.store(tag, Relaxed);
         {
             let mut inner = slot.inner.lock();
             *inner = CacheInner::EMPTY;
             inner.name = cname;
-            inner.tag = KmemCache {
-                slot: idx as u16,
-                gen,
-            }
-            .tag();
+            inner.tag = tag;
             inner.flags = flags;
             inner.kmalloc = boot;
             inner.ctor = ctor;
@@ -1657,7 +1662,7 @@ impl<P: Platform> Kmm<P> {
     fn slab_push_fast(&self, slot: &CacheSlot, cpu: usize, obj: u64, at: SlabObject<'_>) -> bool {
         if slot.debug()
             || self
-                .obj_to_index(slot, at.cache.tag(), at.phys, at.head_pfn, at.head)
+                .obj_to_index(slot, at.phys, at.head_pfn, at.head)
                 .is_err()
         {
             return false;
@@ -1691,9 +1696,9 @@ impl<P: Platform> Kmm<P> {
         caller: &'static Location<'static>,
     ) -> Result<(), KmmError> {
         let slot = self.slab.slot(c)?;
-        let found = self.virt_to_slab(obj).and_then(|(phys, head_pfn, head)| {
-            self.obj_to_index(slot, c.tag(), phys, head_pfn, head)
-        });
+        let found = self
+            .virt_to_slab(obj)
+            .and_then(|(phys, head_pfn, head)| self.obj_to_index(slot, phys, head_pfn, head));
         let (pfn, idx) = match found {
             Ok(v) => v,
             Err(why) => return Err(self.bad_free(slot, c, obj, why)),
@@ -1712,11 +1717,10 @@ impl<P: Platform> Kmm<P> {
     ) -> Result<(), KmmError> {
         let c = found.cache;
         let slot = self.slab.slot(c)?;
-        let (pfn, idx) =
-            match self.obj_to_index(slot, c.tag(), found.phys, found.head_pfn, found.head) {
-                Ok(v) => v,
-                Err(why) => return Err(self.bad_free(slot, c, obj, why)),
-            };
+        let (pfn, idx) = match self.obj_to_index(slot, found.phys, found.head_pfn, found.head) {
+            Ok(v) => v,
+            Err(why) => return Err(self.bad_free(slot, c, obj, why)),
+        };
         self.slab_free_index(slot, c, obj, pfn, idx, caller)
     }
 
@@ -1791,18 +1795,17 @@ impl<P: Platform> Kmm<P> {
 
     /// `obj_to_index()`: the object index of the object at `phys` in the
     /// slab whose head page is `head` (frame `head_pfn`), checking that it is
-    /// an object of the cache tagged `tag`. Returns the head frame and index.
+    /// an object of the cache in `slot`. Returns the head frame and index.
     #[inline(always)]
     fn obj_to_index(
         &self,
         slot: &CacheSlot,
-        tag: u64,
         phys: u64,
         head_pfn: u64,
         head: &Page,
     ) -> Result<(u32, u32), BadPtr> {
         let t = head.mapping();
-        if t != tag {
+        if t != slot.tag.load(Relaxed) {
             return Err(BadPtr::OtherCache(t));
         }
         let bad = BadPtr::NotObject(head_pfn as u32);

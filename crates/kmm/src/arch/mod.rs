@@ -29,6 +29,9 @@ pub struct Arch {
     pub max_dma32: Option<u64>,
     /// End of directly mapped low memory (`MAXMEM`), where ZONE_HIGHMEM starts.
     pub max_lowmem: Option<u64>,
+    /// Where the direct map ends as a physical address: `max_lowmem`, or
+    /// `max_phys` on a profile without high memory.
+    pub direct_map_end: u64,
     /// `ARCH_LOW_ADDRESS_LIMIT` for `alloc_bootmem_low*`.
     pub bootmem_low_limit: u64,
     /// Largest physical address this profile can address.
@@ -119,7 +122,22 @@ impl Arch {
     #[inline]
     pub fn virt_to_phys(&self, virt: u64) -> Option<u64> {
         let phys = virt.checked_sub(self.page_offset)?;
-        let limit = self.max_lowmem.unwrap_or(self.max_phys);
-        (phys < limit).then_some(phys)
+        (phys < self.direct_map_end).then_some(phys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_direct_map_ends_at_high_memory_or_the_last_address() {
+        for arch in [&x86::X86, &x86_64::X86_64] {
+            let end = arch.max_lowmem.unwrap_or(arch.max_phys);
+            assert_eq!(arch.direct_map_end, end, "{}", arch.name);
+            assert_eq!(arch.virt_to_phys(arch.page_offset + end - 1), Some(end - 1));
+            assert_eq!(arch.virt_to_phys(arch.page_offset + end), None);
+            assert_eq!(arch.virt_to_phys(arch.page_offset - 1), None);
+        }
     }
 }

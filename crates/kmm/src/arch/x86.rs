@@ -22,6 +22,8 @@ pub static X86: Arch = Arch {
     max_lowmem: Some(896 << 20),
     // On 32-bit x86 every boot-time allocation is already low memory; the
     // `_low` variants keep a buffer DMA-able, below MAX_DMA_ADDRESS.
+    // max_lowmem, or max_phys without high memory.
+    direct_map_end: 896 << 20,
     bootmem_low_limit: 16 << 20,
     max_phys: 64 << 30,
     kernel_start: 0x100_0000,

@@ -19,6 +19,8 @@ pub static X86_64: Arch = Arch {
     max_dma32: Some(4 << 30),
     max_lowmem: None,
     // ARCH_LOW_ADDRESS_LIMIT: memblock_alloc_low() stays below 4 GiB.
+    // max_lowmem, or max_phys without high memory.
+    direct_map_end: 1 << 46,
     bootmem_low_limit: 4 << 30,
     max_phys: 1 << 46,
     kernel_start: 0x100_0000,
