@@ -508,7 +508,9 @@ fn per_cpu_lists(t: &mut Tour, m: &Machine) -> Result<(), Error> {
     if m.platform().cpus_owned_exclusively() {
         t.say(
             "> this thread binds CPU 0 and so owns it: 1000 alloc_page()+__free_page() pairs take\n  \
-             CPU 0's list lock the way local_lock() does: plain stores, no atomic instruction",
+             CPU 0's list lock the way local_lock() does: plain stores, no atomic instruction\n  \
+             (the fast path, inlined in the caller; an empty list, a list at `high`, __GFP_ZERO or\n  \
+             any check that fails sends a call down the full path)",
         )?;
         t.say(format!(
             "> on CPU 1: drain_all_pages() reaches CPU 0's lists from outside: {syncs} membarrier() call(s),\n  \
