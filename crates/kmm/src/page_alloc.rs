@@ -220,7 +220,7 @@ impl<P: Platform> Kmm<P> {
     }
 
     /// `alloc_pages()`: `2^order` pages from the current CPU's node.
-    #[inline]
+    #[inline(always)]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: u32) -> Result<&Page, KmmError> {
         match self.alloc_pages_fast(gfp, order) {
             Some(page) => Ok(page),
@@ -743,7 +743,7 @@ impl<P: Platform> Kmm<P> {
     // ----------------------------------------------------------------- free
 
     /// `__free_pages()`: drops a reference; the last one frees the block.
-    #[inline]
+    #[inline(always)]
     pub fn __free_pages(&self, page: &Page, order: u32) -> Result<(), KmmError> {
         if self.free_pages_fast(page, order) {
             return Ok(());

@@ -1194,7 +1194,7 @@ impl<P: Platform> Kmm<P> {
     /// address. `gfp` matters only when the cache must grow (seed 000); with
     /// `__GFP_NO_GROW` it may not; `__GFP_ZERO` zeroes the object.
     /// `__GFP_HIGHMEM` and `__GFP_DMA32` are refused (`GFP_SLAB_BUG_MASK`).
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub fn kmem_cache_alloc(&self, c: KmemCache, gfp: GfpFlags) -> Result<u64, KmmError> {
         match self.slab_alloc_fast(c, gfp) {
@@ -1604,7 +1604,7 @@ impl<P: Platform> Kmm<P> {
     /// cache, outside any slab or not at an object boundary is reported and
     /// refused (nothing changes). A double free is caught when cheap (see the
     /// module docs) and always with debugging.
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub fn kmem_cache_free(&self, c: KmemCache, obj: u64) -> Result<(), KmmError> {
         if self.slab_free_fast(c, obj) {

@@ -257,7 +257,7 @@ impl<P: Platform> Kmm<P> {
 
     /// `kmalloc()`: `size` bytes of physically contiguous memory, as a kernel
     /// virtual address. `kmalloc(0)` returns [`ZERO_SIZE_PTR`].
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub fn kmalloc(&self, size: usize, gfp: GfpFlags) -> Result<u64, KmmError> {
         if let Some(obj) = self.kmalloc_fast(size, gfp) {
@@ -377,7 +377,7 @@ impl<P: Platform> Kmm<P> {
     /// and [`ZERO_SIZE_PTR`] are ignored. Anything else — an address inside
     /// an object, a page from `alloc_pages`, memory that was never allocated —
     /// is reported and refused: nothing is freed.
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub fn kfree(&self, addr: u64) -> Result<(), KmmError> {
         if addr <= ZERO_SIZE_PTR || self.kfree_fast(addr) {
