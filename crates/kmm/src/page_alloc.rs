@@ -259,8 +259,10 @@ impl<P: Platform> Kmm<P> {
                 return None;
             }
         }
-        // The tables' entries are in range by construction; the masks only
-        // spare the bounds checks.
+        // The masks only spare bounds checks: a CPU's node is below
+        // MAX_NUMNODES, zone_if_plain() yields DMA, DMA32, NORMAL or HIGHMEM
+        // (0-3, never MOVABLE), and zone_index_of holds indices below
+        // MAX_NR_ZONES.
         let nid = self.cpu_to_node(cpu) & (MAX_NUMNODES - 1);
         let highest = self.zone_index_of[zt as usize & 3] as usize & (MAX_NR_ZONES - 1);
         let (znid, zidx) = self.preferred_zone[nid][highest];
