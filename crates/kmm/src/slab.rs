@@ -692,6 +692,9 @@ pub(crate) struct CacheSlot {
     ac_base: AtomicU64,
     /// The living cache's [`KmemCache::tag`], as its slabs' head pages carry it.
     tag: AtomicU64,
+    /// `gen` while the cache lives without debugging, else 0 (never a live
+    /// generation): one load tells the fast paths both.
+    fast_gen: AtomicU32,
     inner: SpinLock<CacheInner>,
 }
 
@@ -709,6 +712,7 @@ impl CacheSlot {
             recip: AtomicU64::new(0),
             ac_base: AtomicU64::new(0),
             tag: AtomicU64::new(0),
+            fast_gen: AtomicU32::new(0),
             inner: SpinLock::new(CacheInner::EMPTY),
         }
     }
@@ -716,6 +720,18 @@ impl CacheSlot {
     #[inline]
     fn debug(&self) -> bool {
         self.flags.load(Relaxed) & SLAB_DEBUG_FLAGS.bits() != 0
+    }
+
+    /// Publishes the cache's flags and, from them, `fast_gen` (with
+    /// release ordering, after everything the fast paths read).
+    fn set_flags(&self, flags: SlabFlags, gen: u32) {
+        self.flags.store(flags.bits(), Relaxed);
+        let fast = if flags.intersects(SLAB_DEBUG_FLAGS) {
+            0
+        } else {
+            gen
+        };
+        self.fast_gen.store(fast, Release);
     }
 }
 
@@ -806,6 +822,13 @@ impl SlabState {
             Some(s) if s.gen.load(Acquire) == c.gen => Ok(s),
             _ => Err(KmmError::StaleCache { slot: c.slot }),
         }
+    }
+
+    /// The slot of a live cache without debugging, for the fast paths.
+    #[inline(always)]
+    fn slot_fast(&self, c: KmemCache) -> Option<&CacheSlot> {
+        let s = self.slots.get(c.slot as usize)?;
+        (s.fast_gen.load(Acquire) == c.gen).then_some(s)
     }
 }
 
@@ -1122,13 +1145,13 @@ impl<P: Platform> Kmm<P> {
             inner.seq = self.slab.seq.fetch_add(1, Relaxed);
             inner.free_limit = (1 + ncpu) * batchcount as u64 + geo.num as u64;
         }
-        slot.flags.store(flags.bits(), Relaxed);
         self.set_hot_geometry(slot, &geo);
         slot.ac_stride.store(stride as u32, Relaxed);
         slot.ac_entries
             .store(((stride - AC_HEAD) / 8) as u32, Relaxed);
         slot.ac_base.store(ac_phys, Relaxed);
         slot.gen.store(gen, Release);
+        slot.set_flags(flags, gen);
         Ok(KmemCache {
             slot: idx as u16,
             gen,
@@ -1184,7 +1207,7 @@ impl<P: Platform> Kmm<P> {
         inner.colour_next = 0;
         inner.free_limit = (1 + self.nr_cpu_ids as u64) * inner.batchcount as u64 + geo.num as u64;
         self.set_hot_geometry(slot, &geo);
-        slot.flags.store(flags.bits(), Relaxed);
+        slot.set_flags(flags, c.gen);
         Ok(())
     }
 
@@ -1225,10 +1248,7 @@ impl<P: Platform> Kmm<P> {
         if gfp.bits() & (GFP_SLAB_BUG | GfpFlags::__GFP_ZERO.bits()) != 0 {
             return None;
         }
-        let slot = self.slab.slot(c).ok()?;
-        if slot.debug() {
-            return None;
-        }
+        let slot = self.slab.slot_fast(c)?;
         let (ac, entries) = self.cpu_array(slot, cpu).ok()?;
         let _g = ac.lock.try_lock_owner()?;
         let n = ac.avail.load(Relaxed);
@@ -1647,7 +1667,7 @@ impl<P: Platform> Kmm<P> {
         let Some(cpu) = self.platform.owned_cpu_fast() else {
             return false;
         };
-        let Ok(slot) = self.slab.slot(found.cache) else {
+        let Some(slot) = self.slab.slot_fast(found.cache) else {
             return false;
         };
         self.slab_push_fast(slot, cpu, obj, found)
@@ -1660,10 +1680,9 @@ impl<P: Platform> Kmm<P> {
     /// changed nothing; the full path then reports or flushes.
     #[inline(always)]
     fn slab_push_fast(&self, slot: &CacheSlot, cpu: usize, obj: u64, at: SlabObject<'_>) -> bool {
-        if slot.debug()
-            || self
-                .obj_to_index(slot, at.phys, at.head_pfn, at.head)
-                .is_err()
+        if self
+            .obj_to_index(slot, at.phys, at.head_pfn, at.head)
+            .is_err()
         {
             return false;
         }
@@ -2060,6 +2079,7 @@ impl<P: Platform> Kmm<P> {
             ));
             return Err(KmmError::CacheBusy { objects: live });
         }
+        slot.fast_gen.store(0, Relaxed);
         slot.gen.store(c.gen.wrapping_add(1), Release);
         let list = core::mem::replace(&mut inner.lists[SlabList::Free as usize], ListHead::EMPTY);
         let order = inner.geo.order;
