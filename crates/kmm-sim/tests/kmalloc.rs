@@ -336,8 +336,19 @@ fn kfree_of_foreign_pointers_on(owned: bool) {
 /// Debugging switched on for a kmalloc cache at run time.
 #[test]
 fn debugging_a_kmalloc_cache() {
+    debugging_a_kmalloc_cache_on(false);
+}
+
+/// The same through the fast paths of a thread that owns its CPU.
+#[test]
+fn debugging_a_kmalloc_cache_on_an_owned_cpu() {
+    debugging_a_kmalloc_cache_on(true);
+}
+
+fn debugging_a_kmalloc_cache_on(owned: bool) {
     let m = boot("x86_64", 256 * M, 1, 1);
     let k = m.kmm();
+    let _cpu = owned.then(|| m.cpus().bind(0).unwrap());
     let c = k.kmalloc_slab(64, GFP).unwrap();
     k.kmem_cache_set_debug(c, SLAB_DEBUG_FLAGS).unwrap();
     let p = k.kmalloc(50, GFP).unwrap();
