@@ -1799,13 +1799,14 @@ impl<P: Platform> Kmm<P> {
         let pfn = phys >> self.page_shift;
         let page = map.get(pfn as usize).ok_or(BadPtr::NotMapped)?;
         let f = page.raw_flags();
-        let head_pfn = if f & PageFlags::TAIL.bits() != 0 {
-            page.private() as u64
+        // A one-page slab (the common case) is its own head: no second look.
+        let (head_pfn, head, hf) = if f & PageFlags::TAIL.bits() != 0 {
+            let head_pfn = page.private() as u64;
+            let head = map.get(head_pfn as usize).ok_or(BadPtr::NotSlab(f))?;
+            (head_pfn, head, head.raw_flags())
         } else {
-            pfn
+            (pfn, page, f)
         };
-        let head = map.get(head_pfn as usize).ok_or(BadPtr::NotSlab(f))?;
-        let hf = head.raw_flags();
         if hf & PageFlags::SLAB.bits() == 0 {
             return Err(BadPtr::NotSlab(hf));
         }
