@@ -979,9 +979,11 @@ impl<P: Platform> Kmm<P> {
         let mut batch = [0u32; 32];
         let mut n = 0;
         let flush = |batch: &[u32]| {
+            let zone_id = |pfn: u32| Page::zone_id_of(map[pfn as usize].raw_flags());
             let mut i = 0;
             while i < batch.len() {
-                let zone = self.page_zone(&map[batch[i] as usize]);
+                let zid = zone_id(batch[i]);
+                let zone = self.zone_by_id(zid);
                 let Some(pcp) = zone.pcp.as_slice().get(cpu) else {
                     for &pfn in &batch[i..] {
                         let z = self.page_zone(&map[pfn as usize]);
@@ -997,9 +999,7 @@ impl<P: Platform> Kmm<P> {
                 let mut list = pcp.list(0);
                 let mut count = pcp.count.load(Relaxed);
                 let mut freed = 0;
-                while i < batch.len()
-                    && core::ptr::eq(self.page_zone(&map[batch[i] as usize]), zone)
-                {
+                while i < batch.len() && zone_id(batch[i]) == zid {
                     list.push_front(map, batch[i]);
                     count += 1;
                     freed += 1;
