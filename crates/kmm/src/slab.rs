@@ -598,8 +598,6 @@ const _: () = assert!(core::mem::size_of::<ArrayCache>() as u64 == AC_HEAD);
 /// `kmem_cache_node`).
 pub(crate) struct CacheInner {
     name: CacheName,
-    /// The `mapping` tag of this cache's slabs.
-    tag: u64,
     flags: SlabFlags,
     kmalloc: bool,
     ctor: Option<Ctor>,
@@ -631,7 +629,6 @@ pub(crate) struct CacheInner {
 impl CacheInner {
     const EMPTY: CacheInner = CacheInner {
         name: CacheName::EMPTY,
-        tag: 0,
         flags: SlabFlags::empty(),
         kmalloc: false,
         ctor: None,
@@ -1132,7 +1129,6 @@ impl<P: Platform> Kmm<P> {
             let mut inner = slot.inner.lock();
             *inner = CacheInner::EMPTY;
             inner.name = cname;
-            inner.tag = tag;
             inner.flags = flags;
             inner.kmalloc = boot;
             inner.ctor = ctor;
@@ -1630,19 +1626,7 @@ impl<P: Platform> Kmm<P> {
         if self.slab_free_fast(c, obj) {
             return Ok(());
         }
-        self.slab_free_full(c, obj, Location::caller())
-    }
-
-    /// `kmem_cache_free()` the whole way: checks and reports, flushing a
-    /// full array, debugging.
-    #[inline(never)]
-    fn slab_free_full(
-        &self,
-        c: KmemCache,
-        obj: u64,
-        caller: &'static Location<'static>,
-    ) -> Result<(), KmmError> {
-        self.slab_free(c, obj, caller)
+        self.slab_free(c, obj, Location::caller())
     }
 
     /// The common `kmem_cache_free()`: see [`Self::slab_free_found_fast`].
@@ -1707,8 +1691,10 @@ impl<P: Platform> Kmm<P> {
         true
     }
 
-    #[inline(always)]
-    pub(crate) fn slab_free(
+    /// `kmem_cache_free()` the whole way: checks and reports, flushing a
+    /// full array, debugging.
+    #[inline(never)]
+    fn slab_free(
         &self,
         c: KmemCache,
         obj: u64,
@@ -1871,7 +1857,7 @@ impl<P: Platform> Kmm<P> {
                 sh.avail.store((avail + batch) as u32, Relaxed);
             }
             _ => {
-                self.free_block(&mut inner, &entries[..batch]);
+                self.free_block(slot, &mut inner, &entries[..batch]);
                 released = self.trim_free_slabs(&mut inner);
             }
         }
@@ -1907,12 +1893,12 @@ impl<P: Platform> Kmm<P> {
 
     /// `free_block()`: objects back onto their slabs' free lists; slabs move
     /// between the lists as their in-use counts say.
-    fn free_block(&self, inner: &mut CacheInner, objs: &[AtomicU64]) {
+    fn free_block(&self, slot: &CacheSlot, inner: &mut CacheInner, objs: &[AtomicU64]) {
         let map = self.mem_map();
         let g = inner.geo;
         for e in objs {
             let obj = e.load(Relaxed);
-            let Some((pfn, idx)) = self.obj_index_locked(&g, inner.tag, obj) else {
+            let Some((pfn, idx)) = self.obj_index_of(slot, obj) else {
                 inner.errors += 1;
                 self.platform.printk(format_args!(
                     "free_block({}): object {obj:#x} in a per-CPU array is not an object of this cache (array corrupted)",
@@ -1952,28 +1938,13 @@ impl<P: Platform> Kmm<P> {
         }
     }
 
-    /// [`Self::obj_to_index`] for an address already validated once, under
-    /// the cache lock (the geometry comes from the descriptor).
-    fn obj_index_locked(&self, g: &Geometry, tag: u64, obj: u64) -> Option<(u32, u32)> {
-        let phys = self.arch.virt_to_phys(obj)?;
-        let map = self.mem_map();
-        let pfn = phys >> self.page_shift;
-        let page = map.get(pfn as usize)?;
-        let head_pfn = if page.is_tail() {
-            page.private() as u64
-        } else {
-            pfn
-        };
-        let head = map.get(head_pfn as usize)?;
-        if !head.is_slab() || head.mapping() != tag {
-            return None;
-        }
-        let off = phys
-            .checked_sub(head_pfn << self.page_shift)?
-            .checked_sub(head.index() as u64 + g.obj_off as u64)?;
-        let idx = off / (g.stride as u64).max(1);
-        (idx * g.stride as u64 == off && idx < g.num as u64)
-            .then_some((head_pfn as u32, idx as u32))
+    /// The head frame and index of `obj` if it is an object of the cache in
+    /// `slot`: [`Self::virt_to_slab`] and [`Self::obj_to_index`], for the
+    /// frees that take objects back from an array (which could hold anything
+    /// once damaged).
+    fn obj_index_of(&self, slot: &CacheSlot, obj: u64) -> Option<(u32, u32)> {
+        let (phys, head_pfn, head) = self.virt_to_slab(obj).ok()?;
+        self.obj_to_index(slot, phys, head_pfn, head).ok()
     }
 
     // ------------------------------------------------- drain and shrink
@@ -1985,13 +1956,13 @@ impl<P: Platform> Kmm<P> {
             let _g = ac.lock.lock_any(&self.platform, cpu);
             let n = (ac.avail.load(Relaxed) as usize).min(entries.len());
             let mut inner = slot.inner.lock();
-            self.free_block(&mut inner, &entries[..n]);
+            self.free_block(slot, &mut inner, &entries[..n]);
             ac.avail.store(0, Relaxed);
         }
         let mut inner = slot.inner.lock();
         if let Some((sh, se)) = self.shared_array(&inner) {
             let n = (sh.avail.load(Relaxed) as usize).min(se.len());
-            self.free_block(&mut inner, &se[..n]);
+            self.free_block(slot, &mut inner, &se[..n]);
             sh.avail.store(0, Relaxed);
         }
         Ok(())
@@ -2352,7 +2323,7 @@ impl<P: Platform> Kmm<P> {
     /// the cache (a damaged per-CPU array could hold anything).
     fn dbg(&self, slot: &CacheSlot, obj: u64) -> Result<Dbg, KmmError> {
         let inner = slot.inner.lock();
-        let Some((pfn, _)) = self.obj_index_locked(&inner.geo, inner.tag, obj) else {
+        let Some((pfn, _)) = self.obj_index_of(slot, obj) else {
             self.platform.printk(format_args!(
                 "{}: 0x{obj:x} in a per-CPU array is not an object of this cache (array corrupted)",
                 inner.name
