@@ -29,6 +29,21 @@ fn areas(k: &K) -> Vec<VmStruct> {
     v
 }
 
+/// [`areas`], checked to come in address order without overlap (guard
+/// pages included).
+fn ordered_areas(k: &K) -> Result<Vec<VmStruct>, TestCaseError> {
+    let all = areas(k);
+    for w in all.windows(2) {
+        prop_assert!(
+            w[0].addr + w[0].size <= w[1].addr,
+            "{:x?} / {:x?}",
+            w[0],
+            w[1]
+        );
+    }
+    Ok(all)
+}
+
 /// The busy (not lazily freed) ranges.
 fn live_areas(k: &K) -> Vec<VmStruct> {
     areas(k).into_iter().filter(|a| !a.lazy).collect()
@@ -1702,16 +1717,8 @@ struct Live {
 
 fn check_state(k: &K, live: &[Live]) -> Result<(), TestCaseError> {
     let l = *k.kernel_layout();
-    let all = areas(k);
     // Address order, no overlap (guard pages included), inside the area.
-    for w in all.windows(2) {
-        prop_assert!(
-            w[0].addr + w[0].size <= w[1].addr,
-            "{:x?} / {:x?}",
-            w[0],
-            w[1]
-        );
-    }
+    let all = ordered_areas(k)?;
     for a in &all {
         prop_assert!(a.addr >= l.vmalloc_start && a.addr + a.size <= l.vmalloc_end);
     }
@@ -1883,15 +1890,7 @@ fn run_area_ops(ops: &[AreaOp]) -> Result<(), TestCaseError> {
                 }
             }
         }
-        let all = areas(k);
-        for w in all.windows(2) {
-            prop_assert!(
-                w[0].addr + w[0].size <= w[1].addr,
-                "{:x?} / {:x?}",
-                w[0],
-                w[1]
-            );
-        }
+        let all = ordered_areas(k)?;
         let mut got: Vec<(u64, u64)> = all
             .iter()
             .filter(|a| !a.lazy)
@@ -2142,15 +2141,7 @@ fn run_pool_ops(ops: &[PoolOp]) -> Result<(), TestCaseError> {
             }
         }
         // The listing: busy and lazily freed ranges, in address order.
-        let all = areas(k);
-        for w in all.windows(2) {
-            prop_assert!(
-                w[0].addr + w[0].size <= w[1].addr,
-                "{:x?} / {:x?}",
-                w[0],
-                w[1]
-            );
-        }
+        let all = ordered_areas(k)?;
         let got: Vec<(u64, u64, bool)> =
             all.iter().map(|a| (a.addr, a.size / PS, a.lazy)).collect();
         let mut want: Vec<(u64, u64, bool)> = md
